@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class LabsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "labs"
+    verbose_name = "Labs and submissions"
