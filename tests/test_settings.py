@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def manage(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY")}
+    # The browser tests' DJANGO_ALLOW_ASYNC_UNSAFE must not leak into a deploy check.
+    dropped = ("DEBUG", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    clean = {k: v for k, v in os.environ.items() if k not in dropped}
     clean["DJANGO_SETTINGS_MODULE"] = "config.settings"
     return subprocess.run(
         [sys.executable, "manage.py", *args],
