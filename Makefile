@@ -20,10 +20,12 @@ $(VENV)/.test-deps: $(VENV)/.run-deps
 run: $(VENV)/.run-deps
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py load_curriculum
+	DEBUG=1 $(PY) manage.py load_labs
 	DEBUG=1 PORT=$(PORT) $(PY) manage.py runstack
 
 test: $(VENV)/.test-deps
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

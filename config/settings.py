@@ -139,6 +139,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(BROKER_DIR / "control"),
         "processed_folder": str(BROKER_DIR / "processed"),
         "store_processed": False,
+        # The default (1 s) would add up to a second to every hop between processes.
+        "polling_interval": 0.1,
     }
     # kombu does not create its folders, and both web and worker processes need them.
     for _folder in ("queue", "control", "processed"):
@@ -167,3 +169,25 @@ LOGGING = {
 CURRICULUM_FILE = Path(
     env_str("CURRICULUM_FILE", str(BASE_DIR / "curriculum" / "data" / "roadmap.yaml"))
 )
+NOTEBOOKS_DIR = Path(env_str("NOTEBOOKS_DIR", str(BASE_DIR / "notebooks")))
+
+# Submissions: caps, rate limits and the sweeper's leases (see labs/tasks.py).
+SUBMISSION_MAX_BYTES = env_int("SUBMISSION_MAX_BYTES", 5 * 1024 * 1024)
+SUBMISSIONS_PER_LEARNER_PER_HOUR = env_int("SUBMISSIONS_PER_LEARNER_PER_HOUR", 30)
+SUBMISSIONS_PER_IP_PER_HOUR = env_int("SUBMISSIONS_PER_IP_PER_HOUR", 120)
+SUBMISSIONS_ACTIVE_PER_LEARNER = env_int("SUBMISSIONS_ACTIVE_PER_LEARNER", 3)
+SUBMISSION_MAX_ATTEMPTS = env_int("SUBMISSION_MAX_ATTEMPTS", 3)
+# A job sent but not started after this long is sent again (its message may be lost).
+SUBMISSION_QUEUED_LEASE_S = env_int("SUBMISSION_QUEUED_LEASE_S", 30 * 60)
+# A running job silent for its lab's total time limit plus this is presumed dead.
+SUBMISSION_RUNNING_GRACE_S = env_int("SUBMISSION_RUNNING_GRACE_S", 120)
+SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 60)
+CELERY_BEAT_SCHEDULE["sweep-submissions"] = {
+    "task": "labs.sweep_submissions",
+    "schedule": SWEEP_INTERVAL_S,
+    "options": {"queue": "web", "expires": SWEEP_INTERVAL_S},
+}
+# Verification tokens (a passed lab marks its milestone verified in the browser).
+VERIFICATION_SALT = "inference-roadmap.milestone-verified"
+# Which workers grade new submissions: "cpu" (any machine) or "gpu" (GPU worker nodes).
+GRADING_DEVICE_CLASS = env_str("GRADING_DEVICE_CLASS", "cpu")

@@ -58,6 +58,7 @@ def phase_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "previous": Phase.objects.filter(number__lt=phase.number).last(),
         "next": Phase.objects.filter(number__gt=phase.number).first(),
         "projects": phase.projects.all(),
+        "labs": phase.milestone.labs.filter(active=True) if hasattr(phase, "milestone") else [],
         "progress_groups": {phase.slug: phase.trackable_slugs()},
         "aliases": _alias_map(),
     }

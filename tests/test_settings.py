@@ -3,6 +3,7 @@ files are compressed with hashed names; PostgreSQL works as the database."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -66,19 +67,23 @@ def test_collectstatic_writes_compressed_files_with_hashed_names(tmp_path):
     assert any(n.endswith(".js.gz") for n in names)
 
 
-def test_the_embedded_broker_defaults_agree_with_the_runner():
+def test_the_embedded_broker_defaults_agree_with_the_runner(tmp_path):
     """Web and grading workers must share one broker folder in the embedded mode."""
-    runner_broker = pytest.importorskip("runner.broker")
-    from django.conf import settings
+    from runner.broker import broker_settings_from_env
 
-    ours = {
-        "broker_url": settings.CELERY_BROKER_URL,
-        "broker_transport_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
-    }
-    theirs = runner_broker.broker_settings_from_env({"VAR_DIR": str(settings.VAR_DIR)})
-    assert theirs["broker_url"] == ours["broker_url"]
-    for key in ("data_folder_in", "data_folder_out", "control_folder"):
-        assert theirs["broker_transport_options"][key] == ours["broker_transport_options"][key]
+    env = {"DEBUG": "1", "VAR_DIR": str(tmp_path)}
+    printed = manage(
+        "shell",
+        "-c",
+        "import json; from django.conf import settings as s; "
+        "print(json.dumps([s.CELERY_BROKER_URL, s.CELERY_BROKER_TRANSPORT_OPTIONS]))",
+        env=env,
+    )
+    assert printed.returncode == 0, printed.stderr
+    url, options = json.loads(printed.stdout.strip().splitlines()[-1])
+    theirs = broker_settings_from_env(env)
+    assert theirs["broker_url"] == url == "filesystem://"
+    assert theirs["broker_transport_options"] == options
 
 
 @pytest.mark.postgres

@@ -202,11 +202,31 @@
       if (problem) { say(problem + " Nothing was changed."); return; }
       var imported = normalise(data);
       applyAliases(imported, readJsonScript("slug-aliases"));
-      state = imported;
-      save();
-      render();
-      say("Imported progress: " + Object.keys(state.items).length + " items.");
+      checkVerifications(imported.verified).then(function (dropped) {
+        dropped.forEach(function (slug) { delete imported.verified[slug]; });
+        state = imported;
+        save();
+        render();
+        say("Imported progress: " + Object.keys(state.items).length + " items." +
+            (dropped.length ? " " + dropped.length + " verification(s) could not be " +
+             "confirmed by this site and were left out." : ""));
+      });
     });
+  }
+
+  /* Resolves to the milestone slugs whose tokens this server does not confirm. */
+  function checkVerifications(verified) {
+    var slugs = Object.keys(verified);
+    if (!slugs.length) return Promise.resolve([]);
+    return fetch("/api/v1/verifications/check", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({tokens: verified})
+    }).then(function (response) {
+      if (!response.ok) throw new Error(String(response.status));
+      return response.json();
+    }).then(function (body) {
+      return slugs.filter(function (slug) { return body.valid.indexOf(slug) === -1; });
+    }).catch(function () { return []; });  // offline: keep them rather than lose them
   }
 
   function resetProgress() {
@@ -248,6 +268,12 @@
   // For other scripts on the site (lab submissions read the learner key).
   window.InferenceRoadmapProgress = {
     learnerKey: function () { if (!state.updated) save(); return state.learner_key; },
+    verify: function (milestoneSlug, token) {
+      if (state.verified[milestoneSlug] === token) return;
+      state.verified[milestoneSlug] = token;
+      save();
+      render();
+    },
     state: function () { return JSON.parse(JSON.stringify(state)); }
   };
 })();

@@ -1,0 +1,210 @@
+"""The bridge between the web application and the grading workers (runner/).
+
+This is the only Django module that imports runner/. Workers do not touch the database:
+they receive a job (JSON) on their device class's queue and send progress and the final
+report back as messages to the tasks below, on the `web` queue. Recording is idempotent:
+each UPDATE is conditional on the submission still being active *and* on the attempt
+number carried by the message, so duplicates and messages from superseded attempts change
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from labs.models import Status, Submission
+from runner import broker as runner_broker
+from runner import labspec as runner_labspec
+from runner import notebook as runner_notebook
+from runner import schema as runner_schema
+
+log = logging.getLogger(__name__)
+
+GRADE_TASK = runner_broker.GRADE_TASK  # defined in runner/worker.py, which needs no Django
+
+
+class BadNotebook(ValueError):
+    """The upload cannot be graded; the message is written for the learner."""
+
+
+# --- Lab specs and notebooks: read through runner/ so both sides agree on the format ---
+
+
+def read_lab_specs() -> list[dict[str, Any]]:
+    """Every lab folder's spec as plain data, plus its starter notebook's text."""
+    specs = runner_labspec.load_lab_specs(settings.NOTEBOOKS_DIR)
+    return [
+        spec.to_dict() | {"starter_notebook": spec.starter_path.read_text(encoding="utf-8")}
+        for spec in specs.values()
+    ]
+
+
+def check_notebook(raw: bytes, *, max_bytes: int, max_cells: int) -> None:
+    """Refuse an upload the worker could not grade, before anything is queued."""
+    try:
+        runner_notebook.validate_notebook(raw, max_bytes=max_bytes, max_cells=max_cells)
+    except runner_notebook.NotebookRejected as exc:
+        raise BadNotebook(str(exc)) from exc
+
+
+# --- Sending work ------------------------------------------------------------------------
+
+
+def build_job(submission: Submission) -> dict[str, Any]:
+    limits = submission.lab.limits
+    return {
+        "schema": runner_schema.JOB_SCHEMA,
+        "submission_id": str(submission.id),
+        "attempt": submission.attempt,
+        "lab": submission.lab.slug,
+        "device_class": submission.device_class,
+        "notebook": json.loads(submission.notebook),
+        "seed": submission.seed,
+        "limits": {
+            "cell_timeout_s": limits["cell_timeout_s"],
+            "total_timeout_s": limits["total_timeout_s"],
+            "max_output_bytes": limits["max_output_bytes"],
+        },
+    }
+
+
+def queue_for(submission: Submission) -> str:
+    return runner_broker.grade_queue(submission.device_class)
+
+
+def dispatch(submission_id: str) -> bool:
+    """Put the submission's job on its queue. Returns False when the broker is unreachable;
+    the submission then stays queued with a message, and the sweeper sends it later."""
+    submission = Submission.objects.select_related("lab").filter(pk=submission_id).first()
+    if submission is None or submission.status != Status.QUEUED:
+        return False
+    from config.celery import app
+
+    try:
+        app.send_task(
+            GRADE_TASK,
+            args=[build_job(submission)],
+            queue=queue_for(submission),
+            # No time limits here: the worker enforces the job's own limits and reports a
+            # timeout; its Celery limits (runner/worker.py) are only a backstop above them.
+            retry=False,
+        )
+    except Exception as exc:  # kombu raises several types for "broker unreachable"
+        log.warning("could not dispatch submission %s: %s", submission_id, exc)
+        Submission.objects.filter(pk=submission.pk, status=Status.QUEUED).update(
+            dispatched_at=None,
+            message="Waiting for the grading service, which is unreachable right now. "
+            "Your submission is saved and will be sent automatically.",
+        )
+        return False
+    Submission.objects.filter(pk=submission.pk, status=Status.QUEUED).update(
+        dispatched_at=timezone.now(), message=""
+    )
+    return True
+
+
+# --- Receiving results -------------------------------------------------------------------
+
+
+@shared_task(name="labs.record_progress", ignore_result=True)
+def record_progress(submission_id: str, attempt: int, stage: str, info: dict | None = None):
+    info = info if isinstance(info, dict) else {}
+    now = timezone.now()
+    active = Submission.objects.filter(
+        pk=submission_id, attempt=attempt, status__in=[Status.QUEUED, Status.RUNNING]
+    )
+    # started is set once, by the first progress message of this attempt.
+    active.filter(started__isnull=True).update(started=now)
+    changes: dict[str, Any] = {
+        "status": Status.RUNNING,
+        "stage": str(stage)[:32],
+        "progress": {k: v for k, v in info.items() if k != "log_tail"},
+        "heartbeat_at": now,
+    }
+    if "log_tail" in info:
+        changes["log_tail"] = str(info["log_tail"])[-8000:]
+    active.update(**changes)
+
+
+@shared_task(name="labs.record_report", ignore_result=True)
+def record_report(report: dict) -> bool:
+    try:
+        runner_schema.check_report(report)
+    except ValueError as exc:
+        log.error("dropping a malformed report: %s", exc)
+        return False
+    updated = Submission.objects.filter(
+        pk=report["submission_id"],
+        attempt=report["attempt"],
+        status__in=[Status.QUEUED, Status.RUNNING],
+    ).update(
+        status=report["status"],
+        message=report["message"][:2000],
+        report=report,
+        log_tail=str(report.get("log_tail") or "")[-8000:],
+        stage="done",
+        finished=timezone.now(),
+    )
+    if not updated:
+        log.info("ignored a duplicate or stale report for %s", report["submission_id"])
+    return bool(updated)
+
+
+# --- Sweeper -----------------------------------------------------------------------------
+
+
+@shared_task(name="labs.sweep_submissions", ignore_result=True)
+def sweep_submissions() -> dict[str, int]:
+    """Re-send what was never sent, re-run what got stuck, give up after the attempt cap."""
+    now = timezone.now()
+    counts = {"sent": 0, "retried": 0, "gave_up": 0}
+    for submission in Submission.objects.filter(
+        status=Status.QUEUED, dispatched_at__isnull=True
+    ).only("pk"):
+        counts["sent"] += dispatch(str(submission.pk))
+
+    queued_lease = timedelta(seconds=settings.SUBMISSION_QUEUED_LEASE_S)
+    grace = timedelta(seconds=settings.SUBMISSION_RUNNING_GRACE_S)
+    candidates = Submission.objects.select_related("lab").filter(
+        Q(status=Status.QUEUED, dispatched_at__lt=now - queued_lease)
+        | Q(status=Status.RUNNING, heartbeat_at__lt=now - grace)
+    )
+    for submission in candidates:
+        # A running job must finish within its lab's total limit: silence longer than that
+        # (plus the grace) means its worker is gone.
+        lease = grace + timedelta(seconds=submission.lab.limits["total_timeout_s"])
+        if submission.status == Status.RUNNING and submission.heartbeat_at > now - lease:
+            continue
+        base = Submission.objects.filter(
+            pk=submission.pk, attempt=submission.attempt, status=submission.status
+        )
+        if submission.attempt >= settings.SUBMISSION_MAX_ATTEMPTS:
+            gave_up = base.update(
+                status=Status.ERROR,
+                finished=now,
+                message=f"Grading did not finish after {submission.attempt} attempts "
+                "(the worker stopped answering each time). Please tell an instructor.",
+            )
+            counts["gave_up"] += gave_up
+            continue
+        if base.update(
+            status=Status.QUEUED,
+            attempt=submission.attempt + 1,
+            stage="",
+            progress={},
+            dispatched_at=None,
+            heartbeat_at=None,
+        ):
+            counts["retried"] += 1
+            dispatch(str(submission.pk))
+    if any(counts.values()):
+        log.info("sweeper: %s", counts)
+    return counts

@@ -1,0 +1,34 @@
+"""Signed proof that a learner passed a lab, stored by the browser with its progress.
+
+The token names the submission, the milestone and the learner key; the server can check
+it (for example when progress is imported) without keeping any session.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import signing
+
+from labs.models import Status, Submission
+
+
+def make_token(submission: Submission) -> str | None:
+    milestone = submission.lab.milestone
+    if submission.status != Status.PASSED or milestone is None:
+        return None
+    payload = {"s": str(submission.pk), "m": milestone.slug, "k": submission.learner_key}
+    return signing.dumps(payload, salt=settings.VERIFICATION_SALT, compress=True)
+
+
+def read_token(token: str) -> dict | None:
+    """The payload of a genuine token whose submission still passed; else None."""
+    try:
+        payload = signing.loads(token, salt=settings.VERIFICATION_SALT)
+    except signing.BadSignature:
+        return None
+    if not isinstance(payload, dict) or not {"s", "m", "k"} <= payload.keys():
+        return None
+    passed = Submission.objects.filter(
+        pk=payload["s"], status=Status.PASSED, learner_key=payload["k"]
+    ).exists()
+    return payload if passed else None

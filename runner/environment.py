@@ -1,0 +1,95 @@
+"""Describe the machine a report was measured on. Never raises: a CPU node has no GPU, and a
+GPU node without a working driver still deserves a report that says so."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+from typing import Any
+
+
+def describe_environment(*, sandbox_mode: str | None = None) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "node": platform.node(),
+        "cpu": _cpu(),
+        "torch": _torch(),
+        "numpy": _numpy(),
+        "gpu": _gpu(),
+        "sandbox": sandbox_mode,
+    }
+
+
+@functools.cache
+def _cpu() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo,
+    ):
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {"model": model, "count": os.cpu_count(), "usable": usable}
+
+
+@functools.cache
+def _torch() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    cuda = getattr(torch.version, "cuda", None)
+    return f"{torch.__version__} (CUDA {cuda})" if cuda else torch.__version__
+
+
+def _numpy() -> str | None:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy.__version__
+
+
+@functools.cache
+def _gpu() -> dict[str, Any] | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVMLError subclasses vary by driver; no GPU is no GPU
+        return None
+    try:
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        index = int(visible) if visible.isdigit() else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return {
+            "name": _text(pynvml.nvmlDeviceGetName(handle)),
+            "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
+            "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}",
+            "memory_total_bytes": int(memory.total),
+            "index": index,
+        }
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,282 @@
+"""The trusted side of the harness: start a sandboxed serving child, call it, time it, stop it.
+
+Every failure of the child (it never gets ready, dies, hangs, raises, or writes garbage) comes
+back as a HarnessFailure whose message is written for the learner; the grader turns it into
+a report status. Nothing the child says is trusted beyond the arrays it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner import proctree
+from runner.harness.protocol import Deadline, FrameReader, PeerClosed, ProtocolError, write_frame
+from runner.sandbox import ResourceLimits, SandboxPolicy, describe_exit, kill
+
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from runner.harness.serve import main; sys.exit(main(sys.argv[2:]))"
+)
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named only from Python 3.10 on Linux builds
+_PIPE_BYTES = 1 << 20
+LOG_TAIL_BYTES = 8192
+
+
+class HarnessFailure(Exception):
+    """The served function could not produce an answer. `kind` picks the report status:
+    "timeout" for a hang, "error" for everything else."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a child serves: a learner file and function name, or trusted `module:function`."""
+
+    label: str  # as it reads mid-sentence: "your softmax()", "the naive baseline"
+    file: Path | None = None
+    function: str | None = None
+    trusted: str | None = None
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """One answered call. `arrays` is None when the function returned something else."""
+
+    arrays: list[np.ndarray] | None
+    returned_type: str | None = None
+
+
+class ServedFunction:
+    """A sandboxed child process serving one function; use as a context manager."""
+
+    @property
+    def subject(self) -> str:
+        """The label at the start of a sentence."""
+        return self.entry.label[:1].upper() + self.entry.label[1:]
+
+    def __init__(
+        self,
+        *,
+        entry: Entry,
+        policy: SandboxPolicy,
+        jobdir: Path,
+        log_path: Path,
+        limits: ResourceLimits,
+        device: str = "cpu",
+        threads: int = 0,
+        max_payload_bytes: int = 1 << 30,
+        env: dict[str, str] | None = None,
+        locate: Callable[[int], tuple[int, int] | None] | None = None,
+    ) -> None:
+        self.entry = entry
+        self.locate = locate
+        self.log_path = log_path
+        self.max_payload_bytes = max_payload_bytes
+        argv = [sys.executable, "-I", "-c", _BOOTSTRAP, policy.code_root()]
+        if entry.trusted:
+            argv += ["--trusted", entry.trusted]
+        else:
+            inside = f"{policy.job_path(jobdir)}/{entry.file.name}"
+            argv += ["--file", inside, "--function", entry.function]
+        argv += ["--device", device, "--threads", str(threads)]
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        for fd in (self._to_child, self._from_child):
+            with contextlib.suppress(OSError):  # a smaller pipe is only slower
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        with open(log_path, "ab") as log:
+            self.process = policy.spawn(
+                argv,
+                jobdir=jobdir,
+                limits=limits,
+                env=env,
+                stdin=to_child_r,
+                stdout=from_child_w,
+                stderr=log,
+            )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        os.set_blocking(self._to_child, False)
+        self._reader = FrameReader(self._from_child, max_payload_bytes=max_payload_bytes)
+        self._next_id = 0
+        self.paused = False
+        self._stopped: list[int] = []
+
+    def __enter__(self) -> ServedFunction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, *, timeout_s: float) -> None:
+        """Wait for the child to load its function; raise HarnessFailure if it cannot."""
+        header = self._receive(timeout_s=timeout_s, doing="loading your solution")
+        op = header.get("op")
+        if op == "ready":
+            return
+        if op == "load_failed":
+            raise HarnessFailure("error", self._load_failure(header))
+        raise HarnessFailure(
+            "error", f"{self.subject} sent {op!r} while loading; the grader expected 'ready'."
+        )
+
+    def call(self, arrays: Sequence[np.ndarray], *, timeout_s: float) -> CallResult:
+        return self.timed_call(arrays, timeout_s=timeout_s)[1]
+
+    def timed_call(
+        self, arrays: Sequence[np.ndarray], *, timeout_s: float
+    ) -> tuple[int, CallResult]:
+        """Send one call and wait for its answer; return (round-trip ns, result).
+
+        The clock is read here, in the trusted process, around the whole round trip, so that
+        nothing the child does to its own clocks can change it.
+        """
+        self._next_id += 1
+        call_id = self._next_id
+        shapes = " and ".join("x".join(map(str, a.shape)) or "scalar" for a in arrays)
+        start = time.perf_counter_ns()
+        try:
+            write_frame(
+                self._to_child,
+                {"op": "call", "id": call_id},
+                arrays,
+                deadline=time.monotonic() + timeout_s,
+            )
+        except Deadline:
+            raise HarnessFailure(
+                "timeout", f"{self.subject} stopped reading its input of shape {shapes}."
+            ) from None
+        except OSError:
+            raise HarnessFailure("error", self._died(f"before it was called on {shapes}")) from None
+        header, outputs = self._receive_frame(
+            timeout_s=timeout_s, doing=f"running on an input of shape {shapes}"
+        )
+        elapsed = time.perf_counter_ns() - start
+        if header.get("id") != call_id:
+            raise HarnessFailure(
+                "error",
+                f"{self.subject} answered a call it was not asked (the grader's channel was "
+                "written to by something else).",
+            )
+        op = header.get("op")
+        if op == "result":
+            return elapsed, CallResult(arrays=outputs)
+        if op == "bad_return":
+            return elapsed, CallResult(arrays=None, returned_type=str(header.get("type"))[:100])
+        if op == "raised":
+            where = self._where(header)
+            raise HarnessFailure(
+                "error",
+                f"{self.subject} raised {_text(header.get('type'))}{where} on an input of "
+                f"shape {shapes}: {_text(header.get('message'))}",
+            )
+        raise HarnessFailure("error", f"{self.subject} sent an unexpected {op!r} message.")
+
+    def pause(self) -> None:
+        """Stop the child and everything it started, so it cannot steal CPU while another
+        contender is timed."""
+        if not self.paused and self.process.poll() is None:
+            self._stopped = proctree.signal_tree(self.process.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        # Nothing can fork while stopped, so the pids stopped are all the pids to continue.
+        if self.paused:
+            proctree.signal_pids(self._stopped, signal.SIGCONT)
+            self.paused = False
+
+    def close(self) -> None:
+        self.resume()
+        if self.process.poll() is None:
+            try:
+                write_frame(self._to_child, {"op": "exit"}, deadline=time.monotonic() + 1)
+                self.process.wait(timeout=2)
+            except (OSError, Deadline, subprocess.TimeoutExpired):
+                pass
+        kill(self.process)
+        for fd in (self._to_child, self._from_child):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def log_tail(self, limit: int = LOG_TAIL_BYTES) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, os.path.getsize(self.log_path) - limit))
+                return log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _receive(self, *, timeout_s: float, doing: str) -> dict[str, Any]:
+        return self._receive_frame(timeout_s=timeout_s, doing=doing)[0]
+
+    def _receive_frame(
+        self, *, timeout_s: float, doing: str
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        try:
+            return self._reader.read(deadline=time.monotonic() + timeout_s)
+        except Deadline:
+            raise HarnessFailure(
+                "timeout",
+                f"{self.subject} did not answer within {timeout_s:g} s while {doing}.",
+            ) from None
+        except PeerClosed:
+            raise HarnessFailure("error", self._died(f"while {doing}")) from None
+        except ProtocolError as exc:
+            raise HarnessFailure(
+                "error",
+                f"{self.subject} wrote garbage to the grader's channel while {doing} ({exc}).",
+            ) from None
+
+    def _died(self, when: str) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=2)
+        ending = describe_exit(self.process.poll())
+        return f"The process running {self.entry.label} {ending} {when}."
+
+    def _load_failure(self, header: dict[str, Any]) -> str:
+        reason = header.get("reason")
+        if reason == "missing":
+            defined = [str(n) for n in header.get("defined", [])][:10]
+            also = f" (it defines: {', '.join(defined)})" if defined else ""
+            return (
+                f"Your solution cells do not define a function named "
+                f"'{_text(header.get('name'))}'{also}."
+            )
+        if reason == "not_callable":
+            return f"'{_text(header.get('name'))}' in your solution cells is not a function."
+        return (
+            f"Loading your solution cells raised {_text(header.get('type'))}{self._where(header)}: "
+            f"{_text(header.get('message'))}"
+        )
+
+    def _where(self, header: dict[str, Any]) -> str:
+        frames = header.get("frames")
+        if not isinstance(frames, list) or not frames:
+            return ""
+        last = frames[-1]
+        if not (isinstance(last, list) and last and isinstance(last[0], int)):
+            return ""
+        place = self.locate(last[0]) if self.locate else None
+        if place:
+            return f" in cell {place[0]}, line {place[1]}"
+        return f" at line {last[0]} of {self.entry.file.name if self.entry.file else 'the code'}"
+
+
+def _text(value: Any, limit: int = 300) -> str:
+    return " ".join(str(value).split())[:limit]

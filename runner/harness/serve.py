@@ -1,0 +1,132 @@
+"""The child side of the harness: load one function, then serve calls to it over a pipe.
+
+Runs inside the sandbox. The same code serves the learner's function (the *candidate*, from
+solution.py) and the trusted baseline (from a runner module), so that both pay exactly the
+same process, protocol and conversion costs when the trusted side times them.
+
+Before any learner code is imported, the protocol pipes are moved off fds 0 and 1 and stdout
+is pointed at stderr: whatever the learner prints lands in the log, never in the protocol.
+The learner can still find and write to the pipe on purpose; the trusted side then sees
+garbage and says so. Nothing the child reports is believed beyond the arrays it returns,
+which the trusted side checks itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+MAX_MESSAGE = 500
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="runner.harness.serve")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="a learner's solution.py")
+    source.add_argument("--trusted", help="module:function of trusted code")
+    parser.add_argument("--function", help="the name to call in --file")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    proto_in, proto_out = os.dup(0), os.dup(1)  # os.dup makes them non-inheritable
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    import numpy as np
+    import torch
+
+    from runner.harness.protocol import FrameReader, PeerClosed, write_frame
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    def send(header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
+        write_frame(proto_out, header, arrays)
+
+    loaded = _load(args)
+    if isinstance(loaded, dict):
+        send(loaded)
+        return 3
+    function = loaded
+    send({"op": "ready", "pid": os.getpid(), "torch": torch.__version__})
+
+    # The caller bounds message size; a generous cap here only guards against a broken parent.
+    reader = FrameReader(proto_in, max_payload_bytes=1 << 34)
+    while True:
+        try:
+            header, arrays = reader.read(deadline=None)
+        except PeerClosed:
+            return 0
+        if header.get("op") == "exit":
+            return 0
+        call_id = header.get("id")
+        inputs = [torch.from_numpy(a) for a in arrays]
+        if args.device == "cuda":
+            inputs = [t.to("cuda") for t in inputs]
+            torch.cuda.synchronize()
+        try:
+            result = function(*inputs)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+        except BaseException as exc:  # noqa: BLE001 - the learner's sys.exit() is an error too
+            send({"op": "raised", "id": call_id, **_describe(exc, args.file)})
+            continue
+        outputs = result if isinstance(result, tuple | list) else [result]
+        bad = [type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)]
+        if bad or not outputs:
+            send({"op": "bad_return", "id": call_id, "type": type(result).__name__})
+            continue
+        try:
+            arrays_out = [o.detach().cpu().contiguous().numpy() for o in outputs]
+        except TypeError as exc:  # e.g. bfloat16, which numpy has no dtype for
+            send({"op": "bad_return", "id": call_id, "type": f"tensor ({exc})"})
+            continue
+        send({"op": "result", "id": call_id}, [np.ascontiguousarray(a) for a in arrays_out])
+
+
+def _load(args: argparse.Namespace) -> Callable[..., Any] | dict[str, Any]:
+    """The function to serve, or a load_failed message saying why there is none."""
+    try:
+        if args.trusted:
+            module_name, _, name = args.trusted.partition(":")
+            module = importlib.import_module(module_name)
+        else:
+            name = args.function
+            spec = importlib.util.spec_from_file_location("solution", args.file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["solution"] = module
+            spec.loader.exec_module(module)
+    except BaseException as exc:  # noqa: BLE001 - report every way the import can fail
+        return {"op": "load_failed", "reason": "raised", **_describe(exc, args.file)}
+    function = getattr(module, name, None)
+    if function is None:
+        defined = sorted(
+            n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+        )[:20]
+        return {"op": "load_failed", "reason": "missing", "name": name, "defined": defined}
+    if not callable(function):
+        return {"op": "load_failed", "reason": "not_callable", "name": name}
+    return function
+
+
+def _describe(exc: BaseException, filename: str | None) -> dict[str, Any]:
+    frames = [
+        [frame.lineno, frame.name]
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if filename and frame.filename == filename
+    ]
+    traceback.print_exception(exc, file=sys.stderr)
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc)[:MAX_MESSAGE],
+        "frames": frames[-5:],
+    }

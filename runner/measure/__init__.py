@@ -1,0 +1,1 @@
+"""Measurement: robust statistics and an interleaved timing loop, shared by every grader."""

@@ -1,0 +1,121 @@
+"""The Celery app of a grading worker, without Django.
+
+Run it with, for example:
+
+    celery -A runner.worker worker -Q cpu --concurrency 1 --loglevel INFO
+
+It consumes `runner.grade` jobs, runs each through runner.pipeline, and sends progress and
+the final report to the web side as `labs.record_progress` / `labs.record_report` tasks on
+the `web` queue. It needs no database and no secret beyond the broker URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init
+
+from runner.broker import (
+    GRADE_TASK,
+    RECORD_PROGRESS_TASK,
+    RECORD_REPORT_TASK,
+    WEB_QUEUE,
+    broker_settings_from_env,
+)
+from runner.pipeline import run_job
+from runner.sandbox import SandboxPolicy, SandboxUnavailable
+from runner.schema import new_report
+
+logger = logging.getLogger(__name__)
+
+# The longest a lab allows is total_timeout_s (300 s for softmax) plus kernel start-up and the
+# grader's own loading, checking and timing; these limits are only a backstop above that.
+SOFT_LIMIT_S = int(os.environ.get("RUNNER_TASK_SOFT_LIMIT_S", "1200"))
+HARD_LIMIT_S = SOFT_LIMIT_S + 60
+PROGRESS_INTERVAL_S = 0.5
+
+# No fix-ups: Celery's built-in Django fix-up would import Django and its settings (database
+# credentials included) whenever DJANGO_SETTINGS_MODULE happens to be set on this machine.
+app = Celery("inference_roadmap_runner", fixups=[])
+app.conf.update(broker_settings_from_env())
+app.conf.update(
+    task_soft_time_limit=SOFT_LIMIT_S,
+    task_time_limit=HARD_LIMIT_S,
+    # One timing job per worker process: a second job on the same CPU or GPU skews timings.
+    worker_concurrency=int(os.environ.get("RUNNER_CONCURRENCY", "1")),
+)
+
+
+@worker_init.connect
+def _check_sandbox(**_: Any) -> None:
+    """Say at start-up, not at the first job, when this node cannot grade."""
+    try:
+        SandboxPolicy.from_env().check()
+    except SandboxUnavailable as exc:
+        logger.error("sandbox unavailable, every job will be refused: %s", exc)
+
+
+class ProgressSender:
+    """Forwards pipeline progress to the web side, at most one 'running' update per interval:
+    the web side needs a live view, not a message per cell."""
+
+    def __init__(self, *, submission_id: str, attempt: int, interval_s: float) -> None:
+        self.submission_id = submission_id
+        self.attempt = attempt
+        self.interval_s = interval_s
+        self.last_sent = float("-inf")
+
+    def __call__(self, stage: str, **info: Any) -> None:
+        now = time.monotonic()
+        if stage == "running" and now - self.last_sent < self.interval_s:
+            return
+        self.last_sent = now
+        try:
+            app.send_task(
+                RECORD_PROGRESS_TASK,
+                args=[self.submission_id, self.attempt, stage, info],
+                queue=WEB_QUEUE,
+                retry=False,
+            )
+        except Exception:  # noqa: BLE001 - progress is advisory; the report is what matters
+            logger.warning("could not send progress for %s", self.submission_id, exc_info=True)
+
+
+@app.task(name=GRADE_TASK)
+def grade(job: dict[str, Any]) -> str:
+    """Grade one job and send its report to the web side; returns the report's status."""
+    submission_id = str(job.get("submission_id", "unknown")) if isinstance(job, dict) else "?"
+    attempt = job.get("attempt", 0) if isinstance(job, dict) else 0
+    progress = ProgressSender(
+        submission_id=submission_id, attempt=attempt, interval_s=PROGRESS_INTERVAL_S
+    )
+    try:
+        report = run_job(job, on_progress=progress)
+    except Exception as exc:  # noqa: BLE001 - includes the soft time limit; never lose a job
+        logger.exception("job %s failed outside the pipeline", submission_id)
+        over_time = isinstance(exc, SoftTimeLimitExceeded)
+        report = new_report(
+            submission_id=submission_id,
+            attempt=attempt if isinstance(attempt, int) else 0,
+            lab=str(job.get("lab", "unknown")) if isinstance(job, dict) else "unknown",
+            device_class=str(job.get("device_class", "cpu")) if isinstance(job, dict) else "cpu",
+            status="timeout" if over_time else "error",
+            message=(
+                "Grading ran past the worker's overall time limit for one job."
+                if over_time
+                else f"The worker failed while grading ({type(exc).__name__}); not your code."
+            ),
+        )
+    app.send_task(
+        RECORD_REPORT_TASK,
+        args=[report],
+        queue=WEB_QUEUE,
+        retry=True,
+        retry_policy={"max_retries": 10, "interval_start": 1, "interval_step": 2},
+    )
+    return report["status"]

@@ -1,0 +1,56 @@
+"""Fixtures for the runner tests: lab paths, job builders, and one cached pipeline run per
+notebook so that several tests can read the same (slow) report."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from runner.labspec import load_lab_spec
+from runner.sandbox import SandboxPolicy, SandboxUnavailable
+from tests.runner.support import FIXTURES, LAB, make_job, read_notebook
+
+
+@pytest.fixture(scope="session")
+def spec():
+    return load_lab_spec(LAB)
+
+
+@pytest.fixture(scope="session")
+def policy() -> SandboxPolicy:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is not installed; sandboxed runner tests need it")
+    policy = SandboxPolicy(mode="bwrap", bwrap=shutil.which("bwrap"))
+    try:
+        policy.check()
+    except SandboxUnavailable as exc:
+        pytest.fail(f"bwrap is installed but the sandbox does not work: {exc}")
+    return policy
+
+
+@pytest.fixture(scope="session")
+def graded(policy, tmp_path_factory) -> Callable[[str], dict[str, Any]]:
+    """graded("reference.ipynb" or a fixture name) -> report, computed once per session."""
+    from runner.pipeline import run_job
+
+    cache: dict[str, dict[str, Any]] = {}
+    workroot = tmp_path_factory.mktemp("jobs")
+
+    def grade(name: str) -> dict[str, Any]:
+        if name not in cache:
+            path = LAB / name if (LAB / name).exists() else FIXTURES / name
+            progress: list[tuple[str, dict]] = []
+            report = run_job(
+                make_job(read_notebook(path)),
+                workroot=workroot,
+                policy=policy,
+                on_progress=lambda stage, **info: progress.append((stage, info)),
+            )
+            report["_progress"] = progress
+            cache[name] = report
+        return cache[name]
+
+    return grade

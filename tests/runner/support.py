@@ -1,0 +1,47 @@
+"""Helpers shared by the runner tests (kept out of conftest so tests can import them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.schema import JOB_SCHEMA
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = REPO / "notebooks" / "softmax"
+FIXTURES = LAB / "fixtures"
+SEED = "5eed0000111122223333444455556666"
+
+# Tests that start sandboxed processes need bubblewrap. CI installs it; skip, loudly, only
+# where it is absent - never when it is present but broken (that is a failure to see).
+requires_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None,
+    reason="bubblewrap (bwrap) is not installed; sandboxed runner tests need it",
+)
+
+
+def make_job(notebook: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    job = {
+        "schema": JOB_SCHEMA,
+        "submission_id": "test-1",
+        "attempt": 1,
+        "lab": "softmax",
+        "device_class": "cpu",
+        "notebook": notebook,
+        "seed": SEED,
+        "limits": {"cell_timeout_s": 5, "total_timeout_s": 60, "max_output_bytes": 200_000},
+    }
+    job.update(overrides)
+    return job
+
+
+def read_notebook(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def criterion(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in report["criteria"] if c["name"] == name)
