@@ -133,11 +133,13 @@ class SandboxPolicy:
         if self.mode == "none":
             return list(argv)
         args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
+        # The private /tmp comes before the binds: a checkout or virtualenv that lives under
+        # /tmp (CI clones, for one) is then bound on top of it instead of being hidden by it.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         args += _system_binds()
         for prefix in _python_prefixes():
             args += ["--ro-bind", prefix, prefix]
         args += ["--ro-bind", str(RUNNER_PACKAGE), f"{CODE_MOUNT}/runner"]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for device in self.gpu_devices:
             args += ["--dev-bind", device, device]
         args += ["--bind", str(jobdir), JOB_MOUNT]

@@ -194,3 +194,14 @@ def test_describe_exit_explains_limits():
     assert describe_exit(0) == "exited with code 0"
     assert "CPU-time limit" in describe_exit(-24)
     assert "file-size limit" in describe_exit(-25)
+
+
+def test_the_private_tmp_is_mounted_before_the_code_so_checkouts_under_tmp_work(tmp_path):
+    """A CI clone or virtualenv under /tmp must be bound on top of the sandbox's /tmp, not
+    hidden by it (bwrap applies mounts in order)."""
+    command = SandboxPolicy(mode="bwrap", bwrap="/usr/bin/bwrap").command(
+        ["python3", "-c", "pass"], jobdir=tmp_path
+    )
+    tmpfs = command.index("--tmpfs")
+    binds = [i for i, arg in enumerate(command) if arg == "--ro-bind"]
+    assert command[tmpfs + 1] == "/tmp" and tmpfs < min(binds)
