@@ -26,6 +26,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat.v4 import new_output
 
 PROGRESS_PREFIX = "@@inference-roadmap-progress "
+# The most of one cell's printed output that travels as a live-log progress line.
+OUTPUT_LINE_CHARS = 2000
 SUBMITTED = "submitted.ipynb"
 EXECUTED = "executed.ipynb"
 OUTCOME = "execution.json"
@@ -103,7 +105,12 @@ def execute_notebook(
                 limit_used = min(cell_timeout_s, remaining)
                 client.timeout = max(1, int(limit_used + 0.999))
                 progress("running", cell=number, cells=cells)
-                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+                try:
+                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+                finally:
+                    text = _stream_text(cell)
+                    if text:
+                        progress("output", text=text[-OUTPUT_LINE_CHARS:])
     except CellTimeoutError:
         if limit_used < cell_timeout_s:
             return _total_timeout(nb, cells, number, total_timeout_s, client)
@@ -201,21 +208,32 @@ class _LimitedClient(NotebookClient):
         return None
 
 
+def _stream_text(cell: Any) -> str:
+    """What a cell printed (stdout, stderr), for the live log on the status page."""
+    parts = [o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"]
+    return strip_ansi("".join(p if isinstance(p, str) else "".join(p) for p in parts))
+
+
 def format_progress(stage: str, **info: Any) -> str:
     return PROGRESS_PREFIX + json.dumps({"stage": stage, **info}, separators=(",", ":"))
 
 
-def parse_progress(line: str) -> tuple[str, dict[str, int]] | None:
+def parse_progress(line: str) -> tuple[str, dict[str, Any]] | None:
     """Read a progress line; anything odd is dropped, because the learner can print these too."""
-    if not line.startswith(PROGRESS_PREFIX) or len(line) > 512:
+    if not line.startswith(PROGRESS_PREFIX) or len(line) > 2 * OUTPUT_LINE_CHARS:
         return None
     try:
         data = json.loads(line[len(PROGRESS_PREFIX) :])
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("stage") not in ("starting", "running"):
+    if not isinstance(data, dict) or data.get("stage") not in ("starting", "running", "output"):
         return None
-    info = {}
+    if data["stage"] == "output":
+        text = data.get("text")
+        if not isinstance(text, str):
+            return None
+        return "output", {"text": text[-OUTPUT_LINE_CHARS:]}
+    info: dict[str, Any] = {}
     for key in ("cell", "cells"):
         value = data.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100_000:

@@ -116,6 +116,9 @@ class _ProgressRelay:
     def __init__(self, on_progress: Callable[..., None]) -> None:
         self.on_progress = on_progress
         self.last_cell: int | None = None
+        self.cells: int | None = None
+        # The live log: the tail of what the cells printed, shown while the job runs.
+        self.log_tail = ""
         self.seen = 0
         self.pending = b""
 
@@ -146,8 +149,14 @@ class _ProgressRelay:
         if parsed is None:
             return
         stage, info = parsed
+        if stage == "output":
+            self.log_tail = (self.log_tail + info["text"])[-LOG_TAIL_BYTES:]
+            stage, info = "running", {"cell": self.last_cell, "cells": self.cells}
         if stage == "running" and "cell" in info:
             self.last_cell = info["cell"]
+        self.cells = info.get("cells", self.cells)
+        if self.log_tail:
+            info = info | {"log_tail": self.log_tail}
         self.on_progress(stage, **info)
 
 

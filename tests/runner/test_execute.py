@@ -46,8 +46,18 @@ def test_a_clean_notebook_runs_and_reports_progress_per_cell(policy, tmp_path):
         ("starting", {"cells": 3}),
         ("running", {"cell": 2, "cells": 3}),
         ("running", {"cell": 3, "cells": 3}),
+        # What a cell prints travels as the live log's tail once the cell ends.
+        ("running", {"cell": 3, "cells": 3, "log_tail": "42\n"}),
     ]
     assert text_of(result.executed["cells"][2]) == "42\n"
+
+
+@requires_bwrap
+def test_the_live_log_keeps_only_the_tail_of_a_chatty_notebook(policy, tmp_path):
+    nb = notebook("for i in range(3000):\n    print('line', i)", "print('the end')")
+    _, progress = run(policy, tmp_path, nb)
+    tail = progress[-1][1]["log_tail"]
+    assert tail.endswith("line 2999\nthe end\n") and len(tail) <= 8192
 
 
 @requires_bwrap
