@@ -40,7 +40,3 @@ def stack(request, tmp_path_factory):
         yield running
     finally:
         running.stop()
-
-
-# The browser fixtures (Debian's Chromium through Playwright) for the end-to-end flow.
-from tests.browser.conftest import browser, new_page  # noqa: E402,F401
