@@ -73,6 +73,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "labs.context_processors.sandbox_warning",
             ],
         },
     },
@@ -189,5 +190,8 @@ CELERY_BEAT_SCHEDULE["sweep-submissions"] = {
 }
 # Verification tokens (a passed lab marks its milestone verified in the browser).
 VERIFICATION_SALT = "inference-roadmap.milestone-verified"
+# Set for a local worker that runs learner code without bubblewrap (a single-user laptop
+# only): every page then carries a warning, and `check --deploy` refuses it.
+RUNNER_ALLOW_UNSANDBOXED = env_bool("RUNNER_ALLOW_UNSANDBOXED", False)
 # Which workers grade new submissions: "cpu" (any machine) or "gpu" (GPU worker nodes).
 GRADING_DEVICE_CLASS = env_str("GRADING_DEVICE_CLASS", "cpu")

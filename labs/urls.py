@@ -8,6 +8,11 @@ urlpatterns = [
     path("labs/<slug:slug>/starter.ipynb", views.starter_download, name="lab-starter"),
     path("labs/<slug:slug>/submit/", views.submit, name="lab-submit"),
     path("submissions/<uuid:pk>/", views.submission_detail, name="submission"),
+    path(
+        "submissions/<uuid:pk>/notebook.html",
+        views.submission_notebook,
+        name="submission-notebook",
+    ),
     path("my/submissions/", views.my_submissions, name="my-submissions"),
     # JSON API v1
     path("api/v1/labs/<slug:slug>/submissions", api.create_submission, name="api-submit"),

@@ -4,11 +4,13 @@ import json
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from labs.api import submit_upload
 from labs.models import Lab, Submission
+from labs.notebook_view import CSP, render_notebook
 from labs.services import LEARNER_KEY, SubmissionRefused, max_upload_bytes
 from labs.verification import make_token
 
@@ -63,7 +65,7 @@ def submission_detail(request: HttpRequest, pk) -> HttpResponse:
         "submission": submission,
         "lab": submission.lab,
         "report": report,
-        "executed": report.get("executed_notebook"),
+        "has_notebook": isinstance(report.get("executed_notebook"), dict),
         "verification": make_token(submission),
         "environment_json": json.dumps(report.get("environment") or {}, indent=2),
     }
@@ -76,6 +78,22 @@ def submission_detail(request: HttpRequest, pk) -> HttpResponse:
             return final
         return response
     return render(request, "labs/submission.html", ctx)
+
+
+@require_GET
+@xframe_options_sameorigin
+def submission_notebook(request: HttpRequest, pk) -> HttpResponse:
+    """The executed notebook, inert: its own document, CSP-sandboxed, shown in an iframe."""
+    submission = get_object_or_404(Submission.objects.select_related("lab"), pk=pk)
+    executed = (submission.report or {}).get("executed_notebook")
+    if not isinstance(executed, dict):
+        return HttpResponse(
+            "No executed notebook for this submission.", status=404, content_type="text/plain"
+        )
+    response = HttpResponse(render_notebook(executed, title=f"{submission.lab.title}: notebook"))
+    response["Content-Security-Policy"] = CSP
+    response["Cross-Origin-Resource-Policy"] = "same-origin"
+    return response
 
 
 def my_submissions(request: HttpRequest) -> HttpResponse:
