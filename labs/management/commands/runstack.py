@@ -16,31 +16,17 @@ from django.core.management.base import BaseCommand
 
 
 def stack_commands(port: int) -> dict[str, list[str]]:
-    python = sys.executable
+    celery = [sys.executable, "-m", "celery"]
     return {
-        "web": [python, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        # One process: consumes the `web` queue and runs the beat scheduler (-B), which is
-        # fine for a single-machine install; production runs beat once, separately.
-        "web-worker": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-B",
-            "-Q",
-            "web",
-            "-n",
-            "web@%h",
-            "--concurrency",
-            "1",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            settings.CELERY_BEAT_SCHEDULE_FILENAME,
-        ],
-    }
+        "web": [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        # One process consumes the `web` queue (recording results) and runs the beat
+        # scheduler (-B, the sweeper): fine on one machine; production runs beat once, alone.
+        "web-worker": celery + ["-A", "config", "worker", "-B", "-Q", "web", "-n", "web@%h",
+                                "--concurrency", "1", "--loglevel", "INFO"],
+        # The grading worker: plain runner/ code, no Django, as on a GPU node.
+        "grading-worker": celery + ["-A", "runner.worker", "worker", "-Q", "cpu", "-n",
+                                    "cpu@%h", "--concurrency", "1", "--loglevel", "INFO"],
+    }  # fmt: skip
 
 
 class Command(BaseCommand):
