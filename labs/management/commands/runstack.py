@@ -48,6 +48,8 @@ class Command(BaseCommand):
                     "bubblewrap) to grade safely."
                 )
             )
+        # SIGTERM (a process manager, `kill`) stops the stack as cleanly as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         children: dict[str, subprocess.Popen[bytes]] = {}
         for name, cmd in stack_commands(port).items():
             children[name] = subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=env)
@@ -70,6 +72,10 @@ class Command(BaseCommand):
             self.stdout.write("\nStopping…")
         finally:
             _stop_all(children)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
