@@ -12,7 +12,11 @@ LAB = REPO / "notebooks" / "softmax"
 pytestmark = [pytest.mark.timeout(600), pytest.mark.browser]
 
 
-@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+@pytest.mark.parametrize(
+    "stack",
+    ["embedded", pytest.param("redis", id="postgres+redis", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 def test_a_learner_submits_from_the_page_and_the_milestone_becomes_verified(stack, new_page):
     page = new_page()
     page.goto(f"{stack.url}/phases/advanced-optimization/")
