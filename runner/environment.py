@@ -10,7 +10,9 @@ import platform
 from typing import Any
 
 
-def describe_environment(*, sandbox_mode: str | None = None) -> dict[str, Any]:
+def describe_environment(
+    *, sandbox_mode: str | None = None, sandbox_limits: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -20,6 +22,9 @@ def describe_environment(*, sandbox_mode: str | None = None) -> dict[str, Any]:
         "numpy": _numpy(),
         "gpu": _gpu(),
         "sandbox": sandbox_mode,
+        # uid, unprivileged, cgroup (bool), enforcement (a sentence: how memory and process
+        # limits were held, or why only per process), memory_bytes, max_processes, disk_bytes
+        "sandbox_limits": sandbox_limits,
     }
 
 

@@ -3,15 +3,19 @@
 This module runs *inside* the sandbox, as `python -m runner.execute <jobdir>`: nbclient and the
 kernel it starts talk ZMQ over loopback, which exists only inside the sandbox's own network
 namespace, so both live in that one sandboxed process tree. It reads
-`<jobdir>/submitted.ipynb`, writes `<jobdir>/executed.ipynb` and `<jobdir>/execution.json`, and
-prints progress lines on stdout. Everything it writes can be forged by the learner's kernel,
-so the trusted side uses it only to tell the learner what happened; no grade comes from it.
+`<jobdir>/submitted.ipynb`, prints progress lines on stdout and, at the end, writes one JSON
+object `{"outcome": ..., "notebook": ...}` (the executed notebook) to the descriptor given as
+`--results-fd`. Nothing goes through the job folder, which in the sandbox is a tmpfs that
+disappears with it. Everything it sends can be forged by the learner's kernel (same user,
+same sandbox), so the trusted side uses it only to tell the learner what happened; no grade
+comes from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -29,8 +33,6 @@ PROGRESS_PREFIX = "@@inference-roadmap-progress "
 # The most of one cell's printed output that travels as a live-log progress line.
 OUTPUT_LINE_CHARS = 2000
 SUBMITTED = "submitted.ipynb"
-EXECUTED = "executed.ipynb"
-OUTCOME = "execution.json"
 
 ProgressCallback = Callable[..., None]
 
@@ -247,7 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=float, required=True)
     parser.add_argument("--total-timeout", type=float, required=True)
     parser.add_argument("--max-output-bytes", type=int, required=True)
+    parser.add_argument("--results-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    # The kernel runs learner code as the same user as this process. Not dumpable, this
+    # process cannot be ptraced, read through /proc/<pid>/mem or robbed of its descriptors
+    # (pidfd_getfd) by it; and the kernel does not inherit the results descriptor (nbclient
+    # starts it with close_fds). The trusted side still believes nothing it reads here.
+    _not_dumpable()
+    os.set_inheritable(args.results_fd, False)
 
     def emit(stage: str, **info: Any) -> None:
         print(format_progress(stage, **info), flush=True)
@@ -261,9 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         max_output_bytes=args.max_output_bytes,
         on_progress=emit,
     )
-    nbformat.write(outcome.notebook, args.jobdir / EXECUTED)
-    (args.jobdir / OUTCOME).write_text(json.dumps(outcome.to_dict()), encoding="utf-8")
+    results = json.dumps(
+        {"outcome": outcome.to_dict(), "notebook": nbformat.writes(outcome.notebook)}
+    ).encode()
+    with os.fdopen(args.results_fd, "wb") as channel:
+        channel.write(results)
     return 0
+
+
+def _not_dumpable() -> None:
+    import ctypes  # noqa: PLC0415 - only the sandboxed executor needs it
+
+    pr_set_dumpable = 4
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
 
 
 if __name__ == "__main__":

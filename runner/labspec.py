@@ -46,6 +46,14 @@ _LIMIT_KEYS = (
     "max_cells",
     "max_output_bytes",
 )
+# Sandbox limits, optional in lab.toml: memory of each sandbox (the notebook, the candidate,
+# the baseline), its processes and threads, and the size of each of its private tmpfs
+# (/job, /tmp, /dev/shm). See docs/security.md.
+_SANDBOX_LIMIT_DEFAULTS = {
+    "memory_bytes": 4 << 30,
+    "max_processes": 512,
+    "disk_bytes": 256 << 20,
+}
 _CRITERION_KEYS = {
     "name",
     "metric",
@@ -79,9 +87,12 @@ class LabLimits:
     max_notebook_bytes: int
     max_cells: int
     max_output_bytes: int
+    memory_bytes: int = _SANDBOX_LIMIT_DEFAULTS["memory_bytes"]
+    max_processes: int = _SANDBOX_LIMIT_DEFAULTS["max_processes"]
+    disk_bytes: int = _SANDBOX_LIMIT_DEFAULTS["disk_bytes"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _LIMIT_KEYS}
+        return {name: getattr(self, name) for name in (*_LIMIT_KEYS, *_SANDBOX_LIMIT_DEFAULTS)}
 
 
 @dataclass(frozen=True)
@@ -249,12 +260,12 @@ class _Parser:
     def limits(self, raw: Any) -> LabLimits:
         if not isinstance(raw, dict):
             raise self.fail("[limits] table is missing")
-        unknown = set(raw) - set(_LIMIT_KEYS)
+        unknown = set(raw) - set(_LIMIT_KEYS) - set(_SANDBOX_LIMIT_DEFAULTS)
         if unknown:
             raise self.fail(f"unknown key(s) in [limits]: {sorted(unknown)}")
         values = {}
-        for key in _LIMIT_KEYS:
-            value = raw.get(key)
+        for key in (*_LIMIT_KEYS, *_SANDBOX_LIMIT_DEFAULTS):
+            value = raw.get(key, _SANDBOX_LIMIT_DEFAULTS.get(key))
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise self.fail(f"limits.{key} must be a positive number")
             values[key] = value
@@ -266,6 +277,7 @@ class _Parser:
             max_notebook_bytes=int(values["max_notebook_bytes"]),
             max_cells=int(values["max_cells"]),
             max_output_bytes=int(values["max_output_bytes"]),
+            **{key: int(values[key]) for key in _SANDBOX_LIMIT_DEFAULTS},
         )
 
     def criteria(self, raw: Any, device_classes: tuple[str, ...]) -> tuple[CriterionSpec, ...]:

@@ -8,6 +8,7 @@ says the worker, not the learner, is at fault.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,10 +21,13 @@ from typing import Any
 
 import nbformat
 
+from runner import safeio
 from runner.broker import var_dir
 from runner.environment import describe_environment
 from runner.execute import strip_ansi
+from runner.gpu import GpuMemoryCheck, exclusive_gpus, gpu_indices
 from runner.graders import load_grader
+from runner.health import WORKER_HEALTH
 from runner.labspec import LabSpec, LabSpecError, load_lab_spec, notebooks_root
 from runner.notebook import (
     NotebookRejected,
@@ -32,7 +36,7 @@ from runner.notebook import (
     validate_notebook,
 )
 from runner.notebook_run import LOG_TAIL_BYTES, run_notebook
-from runner.sandbox import SandboxPolicy, SandboxUnavailable
+from runner.sandbox import ResourceLimits, SandboxPolicy, SandboxUnavailable
 from runner.schema import Job, JobInvalid, new_report, parse_job
 
 logger = logging.getLogger(__name__)
@@ -56,11 +60,13 @@ def run_job(
     notebooks: Path | None = None,
     on_progress: ProgressCallback | None = None,
     keep_workdir: bool | None = None,
+    gpu_check: GpuMemoryCheck | None = None,
 ) -> dict[str, Any]:
     """Grade one job and return its report dict (see runner.schema).
 
     `on_progress(stage, **info)` hears "starting", "running" (cell=, cells=), "grading" and,
-    last and always, "done" (status=).
+    last and always, "done" (status=). `gpu_check` replaces the NVML check a GPU node makes
+    after each job (tests pass one with a fake NVML).
     """
     progress = on_progress or (lambda stage, **info: None)
     report = _run_job(
@@ -70,6 +76,7 @@ def run_job(
         notebooks=notebooks,
         progress=progress,
         keep_workdir=keep_workdir,
+        gpu_check=gpu_check,
     )
     progress("done", status=report["status"])
     return report
@@ -83,12 +90,15 @@ def _run_job(
     notebooks: Path | None,
     progress: ProgressCallback,
     keep_workdir: bool | None,
+    gpu_check: GpuMemoryCheck | None,
 ) -> dict[str, Any]:
     try:
         parsed = parse_job(job)
     except JobInvalid as exc:
         return _malformed(job, exc)
     report = _Reporter(parsed)
+    if not WORKER_HEALTH.ok:
+        return report.error(WORKER_HEALTH.refusal())
     try:
         spec = load_lab_spec((notebooks or notebooks_root()) / parsed.lab)
     except LabSpecError as exc:
@@ -106,7 +116,10 @@ def _run_job(
             f"The worker refused to run your notebook because its sandbox is unavailable: "
             f"{exc}. Nothing was run; an operator must fix this worker."
         )
-    report.environment = describe_environment(sandbox_mode=policy.mode)
+    limits = sandbox_limits(parsed, spec)
+    report.environment = describe_environment(
+        sandbox_mode=policy.mode, sandbox_limits=policy.describe_limits(limits)
+    )
 
     started = time.monotonic()
     try:
@@ -122,19 +135,55 @@ def _run_job(
 
     jobdir = _make_jobdir(workroot or default_workroot(), parsed)
     keep = keep_workdir if keep_workdir is not None else os.environ.get(KEEP_ENV) == "1"
-    try:
-        return _execute_and_grade(parsed, spec, clean, jobdir, policy, progress, report)
-    except Exception as exc:  # a bug of ours must still end in a report, not a lost job
-        if type(exc).__name__ == "SoftTimeLimitExceeded":
-            raise  # Celery's backstop: the worker task turns it into a timeout report
-        logger.exception("grading %s attempt %s failed", parsed.submission_id, parsed.attempt)
-        return report.error(
-            f"The worker hit an internal error while grading ({type(exc).__name__}: {exc}); "
-            "this is not your code's fault."
-        )
-    finally:
-        if not keep:
-            shutil.rmtree(jobdir, ignore_errors=True)
+    gpus = gpu_indices(policy.gpu_devices)
+    check = gpu_check if gpu_check is not None else (_gpu_check(gpus) if gpus else None)
+    with exclusive_gpus(gpus) if gpus else contextlib.nullcontext():
+        try:
+            if check:
+                check.before_job()
+            return _execute_and_grade(parsed, spec, clean, jobdir, policy, limits, progress, report)
+        except Exception as exc:  # a bug of ours must still end in a report, not a lost job
+            if type(exc).__name__ == "SoftTimeLimitExceeded":
+                raise  # Celery's backstop: the worker task turns it into a timeout report
+            logger.exception("grading %s attempt %s failed", parsed.submission_id, parsed.attempt)
+            return report.error(
+                f"The worker hit an internal error while grading ({type(exc).__name__}: {exc}); "
+                "this is not your code's fault."
+            )
+        finally:
+            if not keep:
+                shutil.rmtree(jobdir, ignore_errors=True)
+            # Every sandbox of the job is gone by now; the GPUs must be as they were.
+            problem = check.after_job() if check else None
+            if problem:
+                WORKER_HEALTH.fail(problem)
+
+
+def sandbox_limits(job: Job, spec: LabSpec) -> ResourceLimits:
+    """Memory, processes and tmpfs size of each sandbox: the lab's, or less if the job asks."""
+
+    def least(name: str) -> int:
+        asked = getattr(job.limits, name)
+        allowed = getattr(spec.limits, name)
+        return min(asked, allowed) if asked else allowed
+
+    return ResourceLimits(
+        cpu_seconds=600,
+        file_size_bytes=16 << 20,
+        memory_bytes=least("memory_bytes"),
+        max_processes=least("max_processes"),
+        disk_bytes=least("disk_bytes"),
+    )
+
+
+_GPU_CHECKS: dict[tuple[int, ...], GpuMemoryCheck] = {}
+
+
+def _gpu_check(indices: tuple[int, ...]) -> GpuMemoryCheck:
+    """One check per worker process, so the baseline is the one before its first job."""
+    if indices not in _GPU_CHECKS:
+        _GPU_CHECKS[indices] = GpuMemoryCheck(indices=indices)
+    return _GPU_CHECKS[indices]
 
 
 def _execute_and_grade(
@@ -143,6 +192,7 @@ def _execute_and_grade(
     clean: Any,
     jobdir: Path,
     policy: SandboxPolicy,
+    limits: ResourceLimits,
     progress: ProgressCallback,
     report: _Reporter,
 ) -> dict[str, Any]:
@@ -158,6 +208,7 @@ def _execute_and_grade(
         max_output_bytes=min(job.limits.max_output_bytes, spec.limits.max_output_bytes),
         max_notebook_bytes=spec.limits.max_notebook_bytes,
         on_progress=progress,
+        limits=limits,
     )
     report.durations["execute"] = time.monotonic() - started
     report.executed_notebook = run.executed
@@ -170,7 +221,7 @@ def _execute_and_grade(
     started = time.monotonic()
     solution = extract_solution(clean)
     solution_path = jobdir / "candidate" / "solution.py"
-    solution_path.write_text(solution.text, encoding="utf-8")
+    safeio.write_new(solution_path, solution.text.encode("utf-8"))
     grader = load_grader(spec.grader)
     result = grader.grade(
         spec=spec,
@@ -180,6 +231,7 @@ def _execute_and_grade(
         workdir=jobdir,
         sandbox=policy,
         locate=solution.locate,
+        limits=limits,
     )
     report.durations["grade"] = time.monotonic() - started
     if result.log_tail.strip():
@@ -245,8 +297,10 @@ def _make_jobdir(workroot: Path, job: Job) -> Path:
     """A fresh folder per run; sub-folders are each bound into exactly one sandbox."""
     workroot.mkdir(parents=True, exist_ok=True)
     jobdir = workroot / f"{job.submission_id}-a{job.attempt}-{secrets.token_hex(4)}"
+    # Only the worker reads or writes here: sandboxes get copies of their inputs in a tmpfs.
+    jobdir.mkdir(mode=0o700)
     for part in ("notebook", "candidate", "logs"):
-        (jobdir / part).mkdir(parents=True)
+        (jobdir / part).mkdir(mode=0o700)
     return jobdir
 
 

@@ -90,3 +90,34 @@ def signal_pids(pids: list[int], sig: int) -> None:
     for target in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, sig)
+
+
+def wait_gone(pids: list[int], *, timeout_s: float = 5.0) -> list[int]:
+    """Wait until every pid has exited (a zombie counts as exited: it runs nothing and its
+    parent reaps it); return those still running at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(pids)
+    while True:
+        waiting = [p for p in waiting if _state(p) not in (None, "Z", "X")]
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(0.005)
+
+
+def count_tasks(uid: int) -> int:
+    """Processes and threads whose real uid is `uid`, host-wide: what RLIMIT_NPROC counts."""
+    total = 0
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields.get("Threads", "1").strip() or 1)
+        except (KeyError, ValueError):
+            continue
+    return total

@@ -1,18 +1,22 @@
 """Launch untrusted Python in a bubblewrap sandbox, with resource limits and a wall clock.
 
 The sandbox (mode "bwrap") gets new namespaces (its network has only loopback), a read-only
-view of the system and of this Python environment, a private /tmp, an empty environment, and
-one writable job folder mounted at /job. Mode "none" runs the same command directly; only an
-operator may choose it, for local development, by setting RUNNER_ALLOW_UNSANDBOXED=1.
+view of the system and of this Python environment, an empty environment, and no writable
+host folder at all: /job (its home and working folder), /tmp and /dev/shm are private tmpfs
+mounts of a fixed size that vanish with it. Inputs are copied in (`inputs=`); results come
+back through pipes. It runs as an unprivileged uid on the host (see runner.launch), inside
+its own cgroup v2 where the host offers one (see runner.cgroup).
+
+Mode "none" runs the same command directly; only an operator may choose it, for local
+development, by setting RUNNER_ALLOW_UNSANDBOXED=1. See docs/security.md.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import logging
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,11 +25,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from runner import proctree
+from runner import cgroup as cgroups
+from runner import launch, proctree, safeio
+from runner.sandbox_process import (  # noqa: F401 - part of this module's interface
+    SandboxProcess,
+    describe_end,
+    describe_exit,
+    format_bytes,
+    init_pidfd_from,
+    kill,
+)
 
 ALLOW_UNSANDBOXED_ENV = "RUNNER_ALLOW_UNSANDBOXED"
 BWRAP_ENV = "RUNNER_BWRAP"
 GPU_DEVICES_ENV = "RUNNER_GPU_DEVICES"
+SANDBOX_UID_ENV = "RUNNER_SANDBOX_UID"
+SANDBOX_GID_ENV = "RUNNER_SANDBOX_GID"
+CGROUP_PARENT_ENV = "RUNNER_CGROUP_PARENT"
+REQUIRE_CGROUP_ENV = "RUNNER_REQUIRE_CGROUP"
+
+# "nobody" on Debian and most distributions; a host running several workers should give
+# each its own uid (RUNNER_SANDBOX_UID) so that process counts never mix.
+DEFAULT_SANDBOX_UID = 65534
 
 JOB_MOUNT = "/job"
 CODE_MOUNT = "/opt/inference-roadmap"
@@ -48,6 +69,8 @@ _ETC_FILES = (
 )
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 
+logger = logging.getLogger(__name__)
+
 
 class SandboxUnavailable(RuntimeError):
     """The sandbox cannot be set up here; the worker refuses to grade and says why."""
@@ -57,11 +80,17 @@ class SandboxUnavailable(RuntimeError):
 class ResourceLimits:
     cpu_seconds: int
     file_size_bytes: int
-    # RLIMIT_NPROC counts every process of the user, worker included, and root ignores it; it
-    # is set only when the worker runs as an ordinary user.
-    max_processes: int = 1024
+    # pids.max of the sandbox's cgroup (threads count too). Without a cgroup it becomes
+    # RLIMIT_NPROC, which counts every process of the sandbox uid on the host and which
+    # root ignores: it is set only when the sandbox does not run as root.
+    max_processes: int = 512
     # CPUs the process may run on (sched_setaffinity); None leaves the worker's own set.
     cpus: frozenset[int] | None = None
+    # memory.max of the sandbox's cgroup (swap 0). Without a cgroup: RLIMIT_DATA, per
+    # process (never RLIMIT_AS, which breaks CUDA's address-space reservations).
+    memory_bytes: int = 4 << 30
+    # Size of each private tmpfs: /job, /tmp and /dev/shm.
+    disk_bytes: int = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -69,16 +98,47 @@ class SandboxPolicy:
     mode: str = "bwrap"
     bwrap: str = "/usr/bin/bwrap"
     gpu_devices: tuple[str, ...] = field(default=())
+    # None: 65534 when the worker is root, else the worker's own uid (it cannot switch).
+    sandbox_uid: int | None = None
+    sandbox_gid: int | None = None
+    # None or "": automatic (see runner.cgroup.prepare); "off"; or a delegated cgroup path.
+    cgroup_parent: str | None = None
+    # Refuse to grade when no cgroup can hold the limits (the default in production).
+    require_cgroup: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxPolicy:
         """The policy the operator chose; unsandboxed only with RUNNER_ALLOW_UNSANDBOXED=1."""
         environ = os.environ if environ is None else environ
         if environ.get(ALLOW_UNSANDBOXED_ENV) == "1":
-            return cls(mode="none")
+            return cls(mode="none", cgroup_parent="off")
         bwrap = environ.get(BWRAP_ENV) or shutil.which("bwrap") or "/usr/bin/bwrap"
         devices = tuple(d for d in environ.get(GPU_DEVICES_ENV, "").split(",") if d)
-        return cls(mode="bwrap", bwrap=bwrap, gpu_devices=devices)
+        require = environ.get(REQUIRE_CGROUP_ENV, "")
+        if require not in ("", "0", "1"):
+            raise SandboxUnavailable(f"{REQUIRE_CGROUP_ENV} must be 0 or 1, not {require!r}")
+        return cls(
+            mode="bwrap",
+            bwrap=bwrap,
+            gpu_devices=devices,
+            sandbox_uid=_id_from_env(environ, SANDBOX_UID_ENV),
+            sandbox_gid=_id_from_env(environ, SANDBOX_GID_ENV),
+            cgroup_parent=environ.get(CGROUP_PARENT_ENV) or None,
+            require_cgroup=require == "1" if require else _production(environ),
+        )
+
+    @property
+    def uid(self) -> int:
+        """The host uid that sandboxed code runs as."""
+        if self.sandbox_uid is not None:
+            return self.sandbox_uid
+        return DEFAULT_SANDBOX_UID if os.geteuid() == 0 and self.mode == "bwrap" else os.geteuid()
+
+    @property
+    def gid(self) -> int:
+        if self.sandbox_gid is not None:
+            return self.sandbox_gid
+        return self.uid if self.uid != os.geteuid() else os.getegid()
 
     def job_path(self, jobdir: Path) -> str:
         """Where the job folder appears to the sandboxed process."""
@@ -87,6 +147,11 @@ class SandboxPolicy:
     def code_root(self) -> str:
         """The folder to put on sys.path so that `import runner` works inside."""
         return CODE_MOUNT if self.mode == "bwrap" else str(RUNNER_PACKAGE.parent)
+
+    def cgroups(self) -> cgroups.CgroupSupport:
+        if self.mode != "bwrap":
+            return cgroups.CgroupSupport(False, "unsandboxed mode uses no cgroups")
+        return _cgroup_support(self.cgroup_parent)
 
     def check(self) -> None:
         """Raise SandboxUnavailable unless a sandboxed Python starts and prints; cached."""
@@ -101,25 +166,55 @@ class SandboxPolicy:
                 f"bubblewrap is not installed ({self.bwrap} not found); install the Debian "
                 f"package 'bubblewrap', or set {ALLOW_UNSANDBOXED_ENV}=1 on a development machine"
             )
-        with tempfile.TemporaryDirectory(prefix="runner-selftest-") as tmp:
-            try:
-                result = subprocess.run(
-                    self.command(
-                        [sys.executable, "-I", "-c", "print('sandbox-ok')"], jobdir=Path(tmp)
-                    ),
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise SandboxUnavailable(f"bubblewrap self-test could not run: {exc}") from None
-        if result.returncode != 0 or "sandbox-ok" not in result.stdout:
-            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        if self.uid != os.geteuid() and os.geteuid() != 0:
             raise SandboxUnavailable(
-                f"bubblewrap self-test failed (exit {result.returncode}: {detail[0]}); user "
-                "namespaces may be disabled on this host"
+                f"{SANDBOX_UID_ENV}={self.uid} needs a worker running as root (it runs as uid "
+                f"{os.geteuid()}); leave it unset to sandbox as the worker's own user"
             )
+        for device in self.gpu_devices:
+            if not (device.startswith("/dev/") and os.path.exists(device)):
+                raise SandboxUnavailable(f"{GPU_DEVICES_ENV} names {device!r}, which is absent")
+        support = self.cgroups()
+        if self.require_cgroup and not support.available:
+            raise SandboxUnavailable(
+                f"cgroup limits are required ({REQUIRE_CGROUP_ENV}=1, the default with a "
+                f"production broker) but unavailable: {support.reason}; set "
+                f"{REQUIRE_CGROUP_ENV}=0 to accept per-process limits only"
+            )
+        self._self_test()
         _CHECKED.add(self)
+
+    def _self_test(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="runner-selftest-") as tmp:
+            err_r, err_w = os.pipe()
+            try:
+                process = self.spawn(
+                    [sys.executable, "-I", "-c", "print('sandbox-ok')"],
+                    jobdir=Path(tmp),
+                    limits=ResourceLimits(cpu_seconds=30, file_size_bytes=1 << 20),
+                    stdout=subprocess.PIPE,
+                    stderr=err_w,
+                    checked=False,
+                )
+            except OSError as exc:
+                raise SandboxUnavailable(f"bubblewrap self-test could not run: {exc}") from None
+            finally:
+                os.close(err_w)
+            try:
+                out, _ = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                out = b""
+            finally:
+                kill(process)
+                with os.fdopen(err_r, "rb") as err:
+                    stderr = err.read(1 << 16).decode("utf-8", "replace")
+        if process.returncode != 0 or b"sandbox-ok" not in out:
+            lines = (stderr or out.decode("utf-8", "replace")).strip().splitlines()
+            detail = lines[-1] if lines else "no output"
+            raise SandboxUnavailable(
+                f"bubblewrap self-test failed (exit {process.returncode}: {detail}); user "
+                "namespaces may be disabled on this host, or bwrap is older than 0.8"
+            )
 
     def command(
         self,
@@ -127,29 +222,54 @@ class SandboxPolicy:
         *,
         jobdir: Path,
         env: Mapping[str, str] | None = None,
+        limits: ResourceLimits | None = None,
+        inputs: Mapping[str, int] | None = None,
     ) -> list[str]:
-        """The full command line that runs `argv` in this sandbox with `jobdir` writable."""
+        """The full command line that runs `argv` in this sandbox; `inputs` maps a file name
+        in /job to a descriptor to copy it from."""
         environment = self.environment(jobdir=jobdir, extra=env)
         if self.mode == "none":
             return list(argv)
-        args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
+        size = str((limits or ResourceLimits(cpu_seconds=1, file_size_bytes=1)).disk_bytes)
+        args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
+        args += ["--die-with-parent", "--new-session"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm"]
         # The private /tmp comes before the binds: a checkout or virtualenv that lives under
         # /tmp (CI clones, for one) is then bound on top of it instead of being hidden by it.
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        args += _system_binds()
-        for prefix in _python_prefixes():
-            args += ["--ro-bind", prefix, prefix]
-        args += ["--ro-bind", str(RUNNER_PACKAGE), f"{CODE_MOUNT}/runner"]
-        for device in self.gpu_devices:
-            args += ["--dev-bind", device, device]
-        args += ["--bind", str(jobdir), JOB_MOUNT]
-        # The sandbox's root is a tmpfs that bwrap built; freeze it so that only /job and /tmp
-        # take writes.
-        args += ["--remount-ro", "/", "--clearenv"]
+        args += ["--size", size, "--tmpfs", "/tmp"]
+        for kind, source, dest in self.binds():
+            args += [kind, source, dest]
+        args += ["--size", size, "--tmpfs", JOB_MOUNT]
+        for name, fd in (inputs or {}).items():
+            args += ["--ro-bind-data", str(fd), f"{JOB_MOUNT}/{name}"]
+        # The sandbox's root and /dev are tmpfs mounts that bwrap built; freeze them so that
+        # only /job, /tmp and /dev/shm take writes.
+        args += ["--remount-ro", "/", "--remount-ro", "/dev", "--clearenv"]
         for key, value in environment.items():
             args += ["--setenv", key, value]
         args += ["--chdir", JOB_MOUNT, "--"]
         return args + list(argv)
+
+    def binds(self) -> list[tuple[str, str, str]]:
+        """(option, host source, sandbox path) for everything the sandbox sees of the host.
+        Sources are real paths: the launcher stages them, bwrap resolves nothing through
+        folders the sandbox user cannot search."""
+        binds = []
+        for path in _SYSTEM_DIRS:
+            if os.path.islink(path):
+                binds.append(("--symlink", os.readlink(path), path))
+            elif os.path.isdir(path):
+                binds.append(("--ro-bind", path, path))
+        for name in _ETC_FILES:
+            path = f"/etc/{name}"
+            if os.path.lexists(path) and os.path.exists(path):
+                binds.append(("--ro-bind", os.path.realpath(path), path))
+        for prefix in _python_prefixes():
+            binds.append(("--ro-bind", os.path.realpath(prefix), prefix))
+        binds.append(("--ro-bind", str(RUNNER_PACKAGE), f"{CODE_MOUNT}/runner"))
+        for device in self.gpu_devices:
+            binds.append(("--dev-bind", os.path.realpath(device), device))
+        return binds
 
     def environment(self, *, jobdir: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
         """The whole environment of the sandboxed process: nothing of the worker's leaks in."""
@@ -177,93 +297,150 @@ class SandboxPolicy:
         stdout: int | IO[Any] | None = subprocess.DEVNULL,
         stderr: int | IO[Any] | None = subprocess.DEVNULL,
         pass_fds: Sequence[int] = (),
-    ) -> subprocess.Popen:
-        """Start `argv` in the sandbox, in its own session so that it can be killed whole."""
-        self.check()
-        command = self.command(argv, jobdir=jobdir, env=env)
-        return subprocess.Popen(
-            command,
-            cwd=jobdir,
-            env=self.environment(jobdir=jobdir, extra=env) if self.mode == "none" else {},
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=tuple(pass_fds),
-            start_new_session=True,
-            preexec_fn=_limiter(limits),
-            close_fds=True,
+        inputs: Sequence[str] = (),
+        checked: bool = True,
+    ) -> SandboxProcess:
+        """Start `argv` in the sandbox, in its own session and cgroup so that it can be
+        killed whole. `inputs` are names of files in `jobdir` that appear read-only in /job."""
+        if checked:
+            self.check()
+        support = self.cgroups()
+        held: dict[str, int] = {}
+        cgroup = None
+        info_r = info_w = None
+        try:
+            if self.mode == "bwrap":
+                for name in inputs:
+                    held[name] = safeio.open_regular(jobdir / name)
+            command = self.command(argv, jobdir=jobdir, env=env, limits=limits, inputs=held)
+            if self.mode == "bwrap":
+                # bwrap reports the pid of the sandbox's init on this descriptor.
+                info_r, info_w = os.pipe()
+                command[1:1] = ["--info-fd", str(info_w)]
+            if support.available:
+                cgroup = cgroups.SandboxCgroup.create(
+                    support.parent,
+                    memory_bytes=limits.memory_bytes,
+                    max_processes=limits.max_processes,
+                )
+            process = SandboxProcess(
+                command,
+                cwd="/" if self.mode == "bwrap" else jobdir,
+                env=self.environment(jobdir=jobdir, extra=env) if self.mode == "none" else {},
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=tuple(pass_fds)
+                + tuple(held.values())
+                + ((info_w,) if info_w is not None else ()),
+                start_new_session=True,
+                preexec_fn=self._launch(limits, cgroup),
+                close_fds=True,
+            )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            if info_r is not None:
+                os.close(info_r)
+            raise
+        finally:
+            for fd in held.values():
+                os.close(fd)
+            if info_w is not None:
+                os.close(info_w)
+        process.cgroup = cgroup
+        process.limits = limits
+        process.sandboxed = self.mode == "bwrap"
+        if info_r is not None:
+            process.init_pidfd = init_pidfd_from(info_r)
+        return process
+
+    def _launch(
+        self, limits: ResourceLimits, cgroup: cgroups.SandboxCgroup | None
+    ) -> launch.Launch:
+        switch = self.mode == "bwrap" and self.uid != os.geteuid()
+        # The cgroup holds the real limits; the rlimits are the fallback without one.
+        nproc = None
+        if cgroup is None and self.uid != 0:
+            nproc = limits.max_processes
+            if not switch:
+                # RLIMIT_NPROC counts every task of the uid on the host: sandboxing as the
+                # worker's own user (a laptop), leave room for what that user already runs.
+                nproc += proctree.count_tasks(self.uid)
+        return launch.Launch(
+            rlimits=launch.rlimits(
+                cpu_seconds=limits.cpu_seconds,
+                file_size_bytes=limits.file_size_bytes,
+                data_bytes=None if cgroup else limits.memory_bytes,
+                max_processes=nproc,
+            ),
+            cgroup_procs=str(cgroup.procs_file) if cgroup else None,
+            cpus=limits.cpus,
+            uid=self.uid if switch else None,
+            gid=self.gid if switch else None,
+            staging=_staging(self) if switch else (),
         )
+
+    def describe_limits(self, limits: ResourceLimits) -> dict[str, Any]:
+        """For the report's environment: what held the learner's code, and how."""
+        support = self.cgroups()
+        if self.mode != "bwrap":
+            enforcement = "unsandboxed: per-process resource limits only"
+        elif support.available:
+            enforcement = "cgroup v2: memory.max (no swap) and pids.max for the whole sandbox"
+        else:
+            enforcement = (
+                "per-process only (RLIMIT_DATA, RLIMIT_NPROC): no cgroup, because " + support.reason
+            )
+        return {
+            "uid": self.uid,
+            "unprivileged": self.uid != 0,
+            "cgroup": support.available,
+            "enforcement": enforcement,
+            "memory_bytes": limits.memory_bytes,
+            "max_processes": limits.max_processes,
+            "disk_bytes": limits.disk_bytes,
+            "cpu_seconds": limits.cpu_seconds,
+        }
 
 
 _CHECKED: set[SandboxPolicy] = set()
 
 
-def kill(process: subprocess.Popen) -> None:
-    """Kill the process, its group and every descendant, then reap it."""
-    if process.poll() is None:
-        # Collect the tree first: once the root dies its children are reparented away.
-        proctree.signal_tree(process.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
+@functools.cache
+def _cgroup_support(setting: str | None) -> cgroups.CgroupSupport:
+    return cgroups.prepare(setting)
 
 
-def describe_exit(returncode: int | None) -> str:
-    """A learner-facing phrase for how a sandboxed process ended."""
-    if returncode is None:
-        return "is still running"
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    number = -returncode
-    reasons = {
-        signal.SIGXCPU: "it used up its CPU-time limit",
-        signal.SIGXFSZ: "it wrote more than its file-size limit",
-        signal.SIGKILL: "it was killed (out of memory, or past a limit)",
-        signal.SIGSEGV: "it crashed (segmentation fault)",
-        signal.SIGABRT: "it aborted",
-    }
-    name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else number
-    reason = reasons.get(number)
-    return f"was killed by signal {name}" + (f" ({reason})" if reason else "")
+@functools.cache
+def _staging(policy: SandboxPolicy) -> tuple[launch.Staging, ...]:
+    sources = [src for kind, src, _ in policy.binds() if kind != "--symlink"]
+    # bwrap itself too: RUNNER_BWRAP may point into a folder only root can search.
+    sources.append(os.path.realpath(policy.bwrap))
+    return launch.plan_staging(sources, uid=policy.uid, gid=policy.gid)
 
 
-def _limiter(limits: ResourceLimits) -> Any:
-    not_root = os.geteuid() != 0
+def sandbox_status(policy: SandboxPolicy | None = None) -> dict[str, Any]:
+    """How this machine would sandbox learner code, for a status page or a warning banner;
+    never raises. See runner.sandbox_status."""
+    from runner.sandbox_status import describe  # noqa: PLC0415 - it imports this module
 
-    def apply() -> None:
-        # Runs in the child between fork and exec: only setrlimit calls, no allocation-heavy work.
-        _set(resource.RLIMIT_CORE, 0)
-        _set(resource.RLIMIT_CPU, limits.cpu_seconds, hard_extra=5)
-        _set(resource.RLIMIT_FSIZE, limits.file_size_bytes)
-        if not_root:
-            _set(resource.RLIMIT_NPROC, limits.max_processes)
-        if limits.cpus:
-            os.sched_setaffinity(0, limits.cpus)
-
-    return apply
+    return describe(policy)
 
 
-def _set(which: int, soft: int, *, hard_extra: int = 0) -> None:
-    _, current_hard = resource.getrlimit(which)
-    hard = soft + hard_extra
-    if current_hard != resource.RLIM_INFINITY:
-        hard = min(hard, current_hard)
-        soft = min(soft, hard)
-    resource.setrlimit(which, (soft, hard))
+def _id_from_env(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name, "")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise SandboxUnavailable(f"{name} must be a numeric id, not {raw!r}")
+    return int(raw)
 
 
-def _system_binds() -> list[str]:
-    args = []
-    for path in _SYSTEM_DIRS:
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    for name in _ETC_FILES:
-        if os.path.lexists(f"/etc/{name}"):
-            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    return args
+def _production(environ: Mapping[str, str]) -> bool:
+    """Production, as docs/runner.md defines it: a real broker, not the embedded folder."""
+    broker = environ.get("CELERY_BROKER_URL", "")
+    return bool(broker) and not broker.startswith("filesystem:")
 
 
 def _python_prefixes() -> list[str]:

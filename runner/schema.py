@@ -15,6 +15,10 @@ from typing import Any
 JOB_SCHEMA = "inference-roadmap/job@1"
 REPORT_SCHEMA = "inference-roadmap/report@1"
 
+# Sandbox limits a job may set (never above the lab's): bytes of memory, processes and
+# threads, and bytes of each private tmpfs.
+OPTIONAL_LIMITS = ("memory_bytes", "max_processes", "disk_bytes")
+
 STATUSES = ("passed", "failed", "error", "timeout", "rejected")
 DEVICE_CLASSES = ("cpu", "gpu")
 COMPARATORS = ("<=", ">=", "<", ">", "==")
@@ -35,6 +39,10 @@ class JobLimits:
     cell_timeout_s: float
     total_timeout_s: float
     max_output_bytes: int
+    # Optional: the web side may leave them out; the worker then uses the lab's own.
+    memory_bytes: int | None = None
+    max_processes: int | None = None
+    disk_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,11 @@ def parse_job(data: Mapping[str, Any]) -> Job:
         cell_timeout_s=_positive(raw_limits, "cell_timeout_s"),
         total_timeout_s=_positive(raw_limits, "total_timeout_s"),
         max_output_bytes=int(_positive(raw_limits, "max_output_bytes")),
+        **{
+            name: int(_positive(raw_limits, name))
+            for name in OPTIONAL_LIMITS
+            if raw_limits.get(name) is not None
+        },
     )
     return Job(
         submission_id=submission_id,

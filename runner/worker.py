@@ -27,8 +27,9 @@ from runner.broker import (
     WEB_QUEUE,
     broker_settings_from_env,
 )
+from runner.health import WORKER_HEALTH
 from runner.pipeline import run_job
-from runner.sandbox import SandboxPolicy, SandboxUnavailable
+from runner.sandbox import SandboxPolicy, SandboxUnavailable, sandbox_status
 from runner.schema import new_report
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ def _check_sandbox(**_: Any) -> None:
         SandboxPolicy.from_env().check()
     except SandboxUnavailable as exc:
         logger.error("sandbox unavailable, every job will be refused: %s", exc)
+        return
+    for warning in sandbox_status()["warnings"]:
+        logger.warning("sandbox: %s", warning)
 
 
 class ProgressSender:
@@ -86,8 +90,8 @@ class ProgressSender:
             logger.warning("could not send progress for %s", self.submission_id, exc_info=True)
 
 
-@app.task(name=GRADE_TASK)
-def grade(job: dict[str, Any]) -> str:
+@app.task(name=GRADE_TASK, bind=True)
+def grade(self: Any, job: dict[str, Any]) -> str:
     """Grade one job and send its report to the web side; returns the report's status."""
     submission_id = str(job.get("submission_id", "unknown")) if isinstance(job, dict) else "?"
     attempt = job.get("attempt", 0) if isinstance(job, dict) else 0
@@ -118,4 +122,22 @@ def grade(job: dict[str, Any]) -> str:
         retry=True,
         retry_policy={"max_retries": 10, "interval_start": 1, "interval_step": 2},
     )
+    if not WORKER_HEALTH.ok:
+        stop_consuming(self.request)
     return report["status"]
+
+
+def stop_consuming(request: Any) -> None:
+    """Ask this worker to stop taking jobs from the queue this one came from, so that other,
+    healthy workers get them; until an operator restarts it, any job that still arrives is
+    answered with an error report (runner.health). Best effort: the filesystem broker of
+    the embedded mode has no broadcast channel for this."""
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    hostname = getattr(request, "hostname", None)
+    if not queue or not hostname:
+        return
+    try:
+        app.control.cancel_consumer(queue, destination=[hostname])
+        logger.error("unhealthy: stopped consuming queue %s on %s", queue, hostname)
+    except Exception:  # noqa: BLE001 - the refusal reports still protect learners
+        logger.warning("could not stop consuming queue %s", queue, exc_info=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ def grade(
     workdir: Path,
     sandbox: SandboxPolicy,
     locate: Callable[[int], tuple[int, int] | None] | None = None,
+    limits: ResourceLimits | None = None,
 ) -> GradeResult:
     options = _Options.from_spec(spec, device_class)
     correctness_rng, timing_rng = (
@@ -136,8 +138,13 @@ def grade(
     cases = GPU_CASES if device_class == "gpu" else CPU_CASES
     (workdir / "baseline").mkdir(exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
-    limits = ResourceLimits(
-        cpu_seconds=600, file_size_bytes=16 << 20, cpus=timing_cpus(options.threads)
+    # Memory, processes and tmpfs size as the pipeline decided (lab.toml, or less if the job
+    # asked); CPU time and CPUs are the grader's business.
+    limits = dataclasses.replace(
+        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=16 << 20),
+        cpu_seconds=600,
+        file_size_bytes=16 << 20,
+        cpus=timing_cpus(options.threads),
     )
     common = {
         "policy": sandbox,

@@ -82,6 +82,10 @@ class Stack:
                 "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
             }[self.mode]
             env["STATIC_ROOT"] = str(self.workdir / "static")
+            # With a production broker the worker refuses to grade without cgroup v2 memory
+            # and process limits (docs/security.md). The development and CI hosts mount cgroups
+            # in v1 "hybrid" mode, so these tests accept per-process limits explicitly.
+            env["RUNNER_REQUIRE_CGROUP"] = "0"
         return env | self.extra_env
 
     def manage(self, *args: str) -> str:

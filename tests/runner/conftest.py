@@ -3,6 +3,7 @@ notebook so that several tests can read the same (slow) report."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,9 @@ import pytest
 from runner.labspec import load_lab_spec
 from runner.sandbox import SandboxPolicy, SandboxUnavailable
 from tests.runner.support import FIXTURES, LAB, make_job, read_notebook
+
+# Far above any uid a distribution hands out; unique per pytest process.
+TEST_SANDBOX_UID = 1_900_000_000 + os.getpid() % 100_000
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +27,11 @@ def spec():
 def policy() -> SandboxPolicy:
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap (bwrap) is not installed; sandboxed runner tests need it")
-    policy = SandboxPolicy(mode="bwrap", bwrap=shutil.which("bwrap"))
+    # As root, sandboxes run as an unprivileged uid. This session gets one of its own, as
+    # docs/security.md tells operators to give each worker: process limits count per uid on
+    # the host, and other test stacks on this machine sandbox as "nobody".
+    uid = TEST_SANDBOX_UID if os.geteuid() == 0 else None
+    policy = SandboxPolicy(mode="bwrap", bwrap=shutil.which("bwrap"), sandbox_uid=uid)
     try:
         policy.check()
     except SandboxUnavailable as exc:

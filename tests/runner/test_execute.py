@@ -140,3 +140,14 @@ def test_the_sanitised_notebooks_cells_keep_their_numbers_in_messages():
     nb = notebook("1/0")
     assert [c.cell_type for c in nb.cells] == ["markdown", "code"]
     nbformat.validate(nb)
+
+
+def test_the_unsandboxed_development_mode_reports_through_the_same_pipes(tmp_path):
+    from runner.sandbox import SandboxPolicy
+
+    result, progress = run(SandboxPolicy(mode="none"), tmp_path, notebook("print(6 * 7)", "1/0"))
+    assert result.outcome.message == "Cell 3 raised ZeroDivisionError: division by zero"
+    assert text_of(result.executed["cells"][1]) == "42\n"
+    # Nothing came back through the folder (IPython's scratch is all that is written there).
+    names = {p.name for p in (tmp_path / "notebook").iterdir()}
+    assert names <= {"submitted.ipynb", ".ipython", ".jupyter"}

@@ -1,0 +1,142 @@
+"""GPU hygiene between jobs, which no cgroup provides: one job per GPU at a time, and GPU
+memory back at its baseline after each job, or this worker stops taking jobs.
+
+GPU memory is not charged to any cgroup. A process that escaped the sandbox's kill, a driver
+that did not release a context, or a learner who found a way to keep an allocation alive
+would leave less memory (and a possible side channel) for the next learner. So after every
+job on a GPU node the worker polls NVML until each of its GPUs is back within a tolerance of
+the memory it used before the first job; if not, it marks itself unhealthy, logs why, and
+answers every later job with an error report that names the problem (see runner.health).
+
+NVML comes from `pynvml` (the nvidia-ml-py distribution); tests pass a fake with the same
+four functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOCK_DIR_ENV = "RUNNER_LOCK_DIR"
+_DEVICE_INDEX = re.compile(r"^/dev/nvidia(\d+)$")
+
+
+def gpu_indices(devices: Sequence[str]) -> tuple[int, ...]:
+    """The GPUs a worker owns, from its RUNNER_GPU_DEVICES (/dev/nvidiaN -> N)."""
+    found = []
+    for device in devices:
+        match = _DEVICE_INDEX.match(device)
+        if match:
+            found.append(int(match.group(1)))
+    return tuple(sorted(set(found)))
+
+
+@dataclass
+class GpuMemoryCheck:
+    """Compare each GPU's used memory with the baseline taken before this worker's first job."""
+
+    indices: tuple[int, ...]
+    nvml: Any = None  # the pynvml module, or a fake
+    tolerance_bytes: int = 64 << 20
+    settle_s: float = 10.0
+    poll_s: float = 0.25
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    baseline: dict[int, int] | None = field(default=None)
+
+    def used(self) -> dict[int, int]:
+        """Bytes in use on each GPU now, from NVML."""
+        nvml = self.nvml
+        if nvml is None:
+            import pynvml as nvml  # noqa: PLC0415 - only GPU nodes need it
+        nvml.nvmlInit()
+        try:
+            return {
+                index: int(
+                    nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index)).used
+                )
+                for index in self.indices
+            }
+        finally:
+            with contextlib.suppress(Exception):
+                nvml.nvmlShutdown()
+
+    def before_job(self) -> None:
+        """Take the baseline once, before the first job this worker runs."""
+        if self.baseline is None:
+            self.baseline = self.used()
+
+    def after_job(self) -> str | None:
+        """None when every GPU is back at its baseline (waiting up to settle_s for the driver
+        to release memory); otherwise a sentence naming the GPUs that are not."""
+        if self.baseline is None:
+            return None
+        deadline = self.clock() + self.settle_s
+        while True:
+            try:
+                now = self.used()
+            except Exception as exc:  # noqa: BLE001 - an NVML failure is itself unhealthy
+                return f"NVML could not read GPU memory after the job ({exc})"
+            over = {
+                i: now[i] - self.baseline.get(i, 0)
+                for i in self.indices
+                if now.get(i, 0) - self.baseline.get(i, 0) > self.tolerance_bytes
+            }
+            if not over:
+                return None
+            if self.clock() >= deadline:
+                detail = ", ".join(
+                    f"GPU {i}: {mib(now[i])} in use, baseline {mib(self.baseline.get(i, 0))}"
+                    for i in sorted(over)
+                )
+                return (
+                    f"GPU memory did not return to its baseline {self.settle_s:g} s after the "
+                    f"last job ended ({detail})"
+                )
+            self.sleep(self.poll_s)
+
+
+def mib(value: int) -> str:
+    return f"{value / (1 << 20):.0f} MiB"
+
+
+def lock_dir() -> Path:
+    configured = os.environ.get(LOCK_DIR_ENV)
+    if configured:
+        return Path(configured)
+    shared = Path("/run/lock")
+    if shared.is_dir() and os.access(shared, os.W_OK):
+        return shared / "inference-roadmap"
+    from runner.broker import var_dir  # noqa: PLC0415 - avoids a cycle at import
+
+    return var_dir() / "locks"
+
+
+@contextlib.contextmanager
+def exclusive_gpus(indices: Sequence[int], *, folder: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock per GPU for the duration of a job, so that two workers on one
+    host that were given the same GPU never time on it at once (the second one waits)."""
+    if not indices:
+        yield
+        return
+    folder = folder or lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    held = []
+    try:
+        for index in sorted(indices):
+            fd = os.open(folder / f"gpu-{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            held.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in held:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
