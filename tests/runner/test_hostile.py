@@ -84,7 +84,7 @@ def run_case(policy, workroot, worker_secret):
 
     def run(name: str, *, submission_id: str | None = None) -> dict:
         path = HOSTILE / f"{name}.ipynb" if name in CASES else LAB / name
-        before = {folder: _entries(folder) for folder in ("/tmp", "/dev/shm")}
+        before = _snapshot()
         progress: list[tuple[str, dict]] = []
         started = time.monotonic()
         report = run_job(
@@ -109,14 +109,24 @@ def run_case(policy, workroot, worker_secret):
     return cached
 
 
-def _assert_worker_is_clean(policy, workroot: Path, before: dict[str, set[str]]) -> None:
-    # No process of the job is left: none below this (worker) process, none anywhere on the
-    # host carrying the daemon cases' marker.
-    alive = [p for p in proctree.descendants(os.getpid()) if _state(p) not in (None, "Z")]
+def _snapshot() -> dict[str, set]:
+    """What exists before a case: host scratch entries, and this process's children (a
+    session-wide browser of other tests, say), which are not the job's."""
+    folders = {folder: _entries(folder) for folder in ("/tmp", "/dev/shm")}
+    return folders | {"pids": set(proctree.descendants(os.getpid()))}
+
+
+def _assert_worker_is_clean(policy, workroot: Path, before: dict[str, set]) -> None:
+    # No process of the job is left: none below this (worker) process that was not there
+    # before, none anywhere on the host carrying the daemon cases' marker.
+    alive = [
+        p for p in proctree.descendants(os.getpid())
+        if p not in before["pids"] and _state(p) not in (None, "Z")
+    ]  # fmt: skip
     assert alive == [], [_cmdline(p) for p in alive]
     assert _marked_processes("hostile-daemon-marker") == []
     # Nothing left in the host's shared scratch folders by the sandbox user.
-    for folder, entries in before.items():
+    for folder, entries in ((k, v) for k, v in before.items() if k != "pids"):
         new = _entries(folder) - entries
         assert [n for n in new if "hostile" in n or _owner(Path(folder) / n) == policy.uid] == []
     # The job's folder is gone; only the decoy job remains.
@@ -235,7 +245,7 @@ def test_protected_cells_come_back_as_the_starter_has_them(run_case):
 def test_after_all_of_them_the_reference_is_graded_normally(policy, graded, workroot):
     # Through the session's cache, so test_pipeline reads this same (slow) run: the modules
     # run in file order, and this is the first time the reference is graded.
-    before = {folder: _entries(folder) for folder in ("/tmp", "/dev/shm")}
+    before = _snapshot()
     report = graded("reference.ipynb")
     assert report["status"] == "passed", report["message"]
     assert [c["passed"] for c in report["criteria"]] == [True, True, True]
