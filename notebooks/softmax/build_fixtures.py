@@ -314,12 +314,6 @@ def fixtures() -> dict[str, object]:
                 )
             ],
         ),
-        "sleeps_forever.ipynb": build(
-            good,
-            after_solution=[
-                new_code_cell("import time\n\nwhile True:\n    time.sleep(1)", id="forever")
-            ],
-        ),
     }
 
 

@@ -7,8 +7,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from labs.models import Submission
 from labs.tasks import record_progress, record_report
-from runner.schema import CriterionResult, new_report
-from tests.labs.conftest import LEARNER, make_notebook
+from runner.schema import CriterionResult
+from tests.labs.conftest import LEARNER, make_notebook, report_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,17 +73,7 @@ def test_the_status_fragment_polls_until_final_then_stops(client, lab, sent):
         unit="",
         evaluated=True,
     )
-    record_report(
-        new_report(
-            submission_id=str(submission.pk),
-            attempt=1,
-            lab="pilot",
-            device_class="cpu",
-            status="passed",
-            message="All criteria passed.",
-            criteria=[criterion],
-        )
-    )
+    record_report(report_for(submission, criteria=[criterion]))
     final = client.get(f"/submissions/{submission.pk}/", headers={"HX-Request": "true"})
     assert final.status_code == 286 and final["HX-Refresh"] == "true"
     page = client.get(f"/submissions/{submission.pk}/").content.decode()
@@ -95,15 +85,7 @@ def test_the_executed_notebook_is_embedded_in_a_sandboxed_frame(client, lab):
     submission = Submission.objects.create(lab=lab, learner_key=LEARNER, notebook="{}")
     executed = {"cells": [{"cell_type": "code", "source": "print(1)", "outputs": []}]}
     record_report(
-        new_report(
-            submission_id=str(submission.pk),
-            attempt=1,
-            lab="pilot",
-            device_class="cpu",
-            status="failed",
-            message="Wrong.",
-            executed_notebook=executed,
-        )
+        report_for(submission, status="failed", message="Wrong.", executed_notebook=executed)
     )
     page = client.get(f"/submissions/{submission.pk}/").content.decode()
     assert (

@@ -12,8 +12,7 @@ from django.utils import timezone
 from labs.models import Status, Submission
 from labs.tasks import record_progress, record_report, sweep_submissions
 from labs.verification import make_token, read_token
-from runner.schema import new_report
-from tests.labs.conftest import LEARNER, job_of, make_notebook
+from tests.labs.conftest import LEARNER, job_of, make_notebook, report_for
 
 pytestmark = pytest.mark.django_db
 
@@ -25,17 +24,6 @@ def submission(lab):
         learner_key=LEARNER,
         notebook=make_notebook().decode(),
         dispatched_at=timezone.now(),
-    )
-
-
-def report_for(submission, *, status="passed", attempt=None, message="All criteria passed."):
-    return new_report(
-        submission_id=str(submission.pk),
-        attempt=attempt or submission.attempt,
-        lab=submission.lab.slug,
-        device_class="cpu",
-        status=status,
-        message=message,
     )
 
 

@@ -14,8 +14,7 @@ from django.test import Client
 from labs.models import Submission
 from labs.notebook_view import notebook_cells
 from labs.tasks import record_report
-from runner.schema import new_report
-from tests.labs.conftest import LEARNER, make_notebook
+from tests.labs.conftest import LEARNER, make_notebook, report_for
 from tests.test_settings import REPO, production_env
 
 pytestmark = pytest.mark.django_db
@@ -72,15 +71,7 @@ def hostile_submission(lab) -> Submission:
         ]
     }
     record_report(
-        new_report(
-            submission_id=str(submission.pk),
-            attempt=1,
-            lab=lab.slug,
-            device_class="cpu",
-            status="failed",
-            message="Wrong.",
-            executed_notebook=notebook,
-        )
+        report_for(submission, status="failed", message="Wrong.", executed_notebook=notebook)
     )
     return submission
 
