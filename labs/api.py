@@ -110,9 +110,12 @@ def create_submission(request: HttpRequest, slug: str):
         submission = submit_upload(request, lab, upload)
     except SubmissionRefused as refused:
         return error(refused.status, refused.code, refused.message, retry_after=refused.retry_after)
+    # Sending the job may have failed (broker down): the message then says it waits.
+    submission.refresh_from_db(fields=["status", "message"])
     body = {
         "id": str(submission.pk),
         "status": submission.status,
+        "message": submission.message,
         "url": request.build_absolute_uri(reverse("submission", args=[submission.pk])),
         "status_url": request.build_absolute_uri(reverse("api-submission", args=[submission.pk])),
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
@@ -153,9 +153,63 @@ def record_report(report: dict) -> bool:
         stage="done",
         finished=timezone.now(),
     )
-    if not updated:
+    if updated:
+        log.info(
+            "recorded %s for %s (attempt %s)",
+            report["status"],
+            report["submission_id"],
+            report["attempt"],
+        )
+    else:
         log.info("ignored a duplicate or stale report for %s", report["submission_id"])
     return bool(updated)
+
+
+@shared_task(name="labs.record_worker_lost", ignore_result=True)
+def record_worker_lost(submission_id: str, attempt: int) -> str:
+    """A worker says the run of this attempt died with the process grading it (it found the
+    run's mark when the broker delivered the job again; runner/unfinished.py). That attempt
+    is over: send the next, or give up at the cap, as the sweeper does for a silent one."""
+    submission = (
+        Submission.objects.select_related("lab")
+        .filter(pk=submission_id, attempt=attempt, status__in=[Status.QUEUED, Status.RUNNING])
+        .first()
+    )
+    if submission is None:
+        log.info("ignored a lost run of %s attempt %s: already superseded", submission_id, attempt)
+        return ""
+    log.warning("the run of %s attempt %s died with its worker", submission_id, attempt)
+    return retry_or_give_up(submission, now=timezone.now())
+
+
+def retry_or_give_up(submission: Submission, *, now: datetime) -> str:
+    """The submission's current attempt ended without a report. Returns "retried" when
+    another attempt was sent, "gave_up" when the cap was reached, "" when something else
+    changed the submission first (the UPDATEs are conditional on what we read)."""
+    base = Submission.objects.filter(
+        pk=submission.pk, attempt=submission.attempt, status=submission.status
+    )
+    if submission.attempt >= settings.SUBMISSION_MAX_ATTEMPTS:
+        gave_up = base.update(
+            status=Status.ERROR,
+            finished=now,
+            message=f"Grading did not finish after {submission.attempt} attempts: each time, "
+            "the grading worker died or stopped answering before it had a result. "
+            "Please tell an instructor.",
+        )
+        return "gave_up" if gave_up else ""
+    retried = base.update(
+        status=Status.QUEUED,
+        attempt=submission.attempt + 1,
+        stage="",
+        progress={},
+        dispatched_at=None,
+        heartbeat_at=None,
+    )
+    if not retried:
+        return ""
+    dispatch(str(submission.pk))
+    return "retried"
 
 
 # --- Sweeper -----------------------------------------------------------------------------
@@ -183,28 +237,9 @@ def sweep_submissions() -> dict[str, int]:
         lease = grace + timedelta(seconds=submission.lab.limits["total_timeout_s"])
         if submission.status == Status.RUNNING and submission.heartbeat_at > now - lease:
             continue
-        base = Submission.objects.filter(
-            pk=submission.pk, attempt=submission.attempt, status=submission.status
-        )
-        if submission.attempt >= settings.SUBMISSION_MAX_ATTEMPTS:
-            gave_up = base.update(
-                status=Status.ERROR,
-                finished=now,
-                message=f"Grading did not finish after {submission.attempt} attempts "
-                "(the worker stopped answering each time). Please tell an instructor.",
-            )
-            counts["gave_up"] += gave_up
-            continue
-        if base.update(
-            status=Status.QUEUED,
-            attempt=submission.attempt + 1,
-            stage="",
-            progress={},
-            dispatched_at=None,
-            heartbeat_at=None,
-        ):
-            counts["retried"] += 1
-            dispatch(str(submission.pk))
+        outcome = retry_or_give_up(submission, now=now)
+        if outcome:
+            counts[outcome] += 1
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts

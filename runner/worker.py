@@ -6,7 +6,9 @@ Run it with, for example:
 
 It consumes `runner.grade` jobs, runs each through runner.pipeline, and sends progress and
 the final report to the web side as `labs.record_progress` / `labs.record_report` tasks on
-the `web` queue. It needs no database and no secret beyond the broker URL.
+the `web` queue. A job whose earlier run on this node died mid-job is not run again: the
+worker sends `labs.record_worker_lost` instead (runner/unfinished.py says why). It needs no
+database and no secret beyond the broker URL.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from runner.broker import (
     GRADE_TASK,
     RECORD_PROGRESS_TASK,
     RECORD_REPORT_TASK,
+    RECORD_WORKER_LOST_TASK,
     WEB_QUEUE,
     broker_settings_from_env,
 )
@@ -31,6 +34,7 @@ from runner.health import WORKER_HEALTH
 from runner.pipeline import run_job
 from runner.sandbox import SandboxPolicy, SandboxUnavailable, sandbox_status
 from runner.schema import new_report
+from runner.unfinished import Mark, Start, UnfinishedJobs
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ logger = logging.getLogger(__name__)
 SOFT_LIMIT_S = int(os.environ.get("RUNNER_TASK_SOFT_LIMIT_S", "1200"))
 HARD_LIMIT_S = SOFT_LIMIT_S + 60
 PROGRESS_INTERVAL_S = 0.5
+# Messages back to the web side are worth waiting for: a lost one costs a sweeper's lease.
+SEND_RETRY = {"max_retries": 10, "interval_start": 1, "interval_step": 2}
 
 # No fix-ups: Celery's built-in Django fix-up would import Django and its settings (database
 # credentials included) whenever DJANGO_SETTINGS_MODULE happens to be set on this machine.
@@ -55,6 +61,7 @@ app.conf.update(
 @worker_init.connect
 def _check_sandbox(**_: Any) -> None:
     """Say at start-up, not at the first job, when this node cannot grade."""
+    UnfinishedJobs.from_env().prune()
     try:
         SandboxPolicy.from_env().check()
     except SandboxUnavailable as exc:
@@ -92,9 +99,21 @@ class ProgressSender:
 
 @app.task(name=GRADE_TASK, bind=True)
 def grade(self: Any, job: dict[str, Any]) -> str:
-    """Grade one job and send its report to the web side; returns the report's status."""
+    """Grade one job and send its report to the web side; returns the report's status, or
+    "lost" / "duplicate" for a job it did not run (see `not_run_again`)."""
     submission_id = str(job.get("submission_id", "unknown")) if isinstance(job, dict) else "?"
     attempt = job.get("attempt", 0) if isinstance(job, dict) else 0
+    mark = UnfinishedJobs.from_env().begin(submission_id, attempt)
+    if mark is not None and mark.start is not Start.NEW:
+        return not_run_again(mark, submission_id=submission_id, attempt=attempt)
+    try:
+        return run_and_report(self, job, submission_id=submission_id, attempt=attempt)
+    finally:
+        if mark is not None:
+            mark.release()
+
+
+def run_and_report(task: Any, job: Any, *, submission_id: str, attempt: Any) -> str:
     progress = ProgressSender(
         submission_id=submission_id, attempt=attempt, interval_s=PROGRESS_INTERVAL_S
     )
@@ -116,15 +135,43 @@ def grade(self: Any, job: dict[str, Any]) -> str:
             ),
         )
     app.send_task(
-        RECORD_REPORT_TASK,
-        args=[report],
-        queue=WEB_QUEUE,
-        retry=True,
-        retry_policy={"max_retries": 10, "interval_start": 1, "interval_step": 2},
+        RECORD_REPORT_TASK, args=[report], queue=WEB_QUEUE, retry=True, retry_policy=SEND_RETRY
     )
     if not WORKER_HEALTH.ok:
-        stop_consuming(self.request)
+        stop_consuming(task.request)
     return report["status"]
+
+
+def not_run_again(mark: Mark, *, submission_id: str, attempt: int) -> str:
+    """A job this node started before and never finished came back: the process that ran it
+    died mid-job (killed, out of memory, crashed), and the broker put the job back. Running
+    it again could kill this worker too, for ever; the web side decides instead whether it
+    gets another attempt. A job whose mark is held is a second copy of one running now."""
+    if mark.start is Start.RUNNING:
+        logger.warning(
+            "job %s attempt %s is being graded by another process of this node; "
+            "dropped this second copy",
+            submission_id,
+            attempt,
+        )
+        return "duplicate"
+    logger.error(
+        "job %s attempt %s was started on this node before and never finished (the process "
+        "grading it died); not running it again, reporting the run as lost",
+        submission_id,
+        attempt,
+    )
+    try:
+        app.send_task(
+            RECORD_WORKER_LOST_TASK,
+            args=[submission_id, attempt],
+            queue=WEB_QUEUE,
+            retry=True,
+            retry_policy=SEND_RETRY,
+        )
+    finally:
+        mark.release()
+    return "lost"
 
 
 def stop_consuming(request: Any) -> None:

@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot reach {server}: {exc.reason}", file=sys.stderr)
         return 2
     print(f"submitted: {created['url']}")
+    if created.get("message"):  # e.g. the grading service is unreachable: it is sent later
+        print(created["message"])
     if args.wait <= 0:
         return 0
 

@@ -47,6 +47,8 @@ class Stack:
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     database: str | None = None
+    # The Celery app of grading workers; tests/e2e/fragile_worker.py wraps runner.worker's.
+    grading_app: str = "runner.worker"
 
     @property
     def url(self) -> str:
@@ -102,7 +104,8 @@ class Stack:
         return result.stdout
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        # Appended to, so that a restarted process's log follows its predecessor's.
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
             cmd,
             cwd=REPO,
@@ -169,7 +172,7 @@ class Stack:
                 "-m",
                 "celery",
                 "-A",
-                "runner.worker",
+                self.grading_app,
                 "worker",
                 "-Q",
                 "cpu",

@@ -27,8 +27,8 @@ def test_it_accepts_a_notebook_and_queues_a_job(client, lab, sent):
     response = post(client, make_notebook())
     assert response.status_code == 201
     body = decode(response)
-    assert set(body) == {"id", "status", "url", "status_url"}
-    assert body["status"] == "queued"
+    assert set(body) == {"id", "status", "message", "url", "status_url"}
+    assert body["status"] == "queued" and body["message"] == ""
     assert body["status_url"].endswith(f"/api/v1/submissions/{body['id']}")
     submission = Submission.objects.get(pk=body["id"])
     assert submission.dispatched_at is not None
@@ -143,6 +143,9 @@ def test_when_the_broker_is_down_the_submission_waits_and_is_sent_later(client, 
     sent.side_effect = ConnectionRefusedError("broker down")
     response = post(client, make_notebook())
     assert response.status_code == 201
+    # The answer itself says so, for a terminal that shows only this response.
+    assert decode(response)["status"] == "queued"
+    assert "sent automatically" in decode(response)["message"]
     submission = Submission.objects.get()
     assert submission.status == Status.QUEUED and submission.dispatched_at is None
     assert "unreachable" in decode(client.get(f"/api/v1/submissions/{submission.pk}"))["message"]

@@ -10,7 +10,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from labs.models import Status, Submission
-from labs.tasks import record_progress, record_report, sweep_submissions
+from labs.tasks import record_progress, record_report, record_worker_lost, sweep_submissions
 from labs.verification import make_token, read_token
 from tests.labs.conftest import LEARNER, job_of, make_notebook, report_for
 
@@ -101,6 +101,53 @@ def test_the_sweeper_resends_a_job_that_sat_in_the_queue_too_long(submission, se
     )
     assert sweep_submissions()["retried"] == 1
     assert sent.call_count == 1
+
+
+def test_a_run_that_died_with_its_worker_is_sent_again_as_the_next_attempt(submission, sent):
+    Submission.objects.filter(pk=submission.pk).update(
+        status=Status.RUNNING, heartbeat_at=timezone.now(), stage="running"
+    )
+    assert record_worker_lost(str(submission.pk), 1) == "retried"
+    submission.refresh_from_db()
+    assert submission.status == Status.QUEUED and submission.attempt == 2
+    assert submission.stage == "" and submission.dispatched_at is not None
+    assert job_of(sent.call_args)["attempt"] == 2
+
+
+def test_a_run_lost_before_its_first_progress_counts_too(submission, sent):
+    assert submission.status == Status.QUEUED
+    assert record_worker_lost(str(submission.pk), 1) == "retried"
+    submission.refresh_from_db()
+    assert submission.attempt == 2
+
+
+def test_the_same_lost_run_reported_twice_counts_once(submission, sent):
+    record_worker_lost(str(submission.pk), 1)
+    assert record_worker_lost(str(submission.pk), 1) == ""
+    submission.refresh_from_db()
+    assert submission.attempt == 2 and sent.call_count == 1
+
+
+@override_settings(SUBMISSION_MAX_ATTEMPTS=3)
+def test_a_run_lost_on_the_last_attempt_ends_in_an_error_that_says_so(submission, sent):
+    Submission.objects.filter(pk=submission.pk).update(status=Status.RUNNING, attempt=3)
+    assert record_worker_lost(str(submission.pk), 3) == "gave_up"
+    submission.refresh_from_db()
+    assert submission.status == Status.ERROR and submission.finished is not None
+    assert "after 3 attempts" in submission.message and "worker died" in submission.message
+    assert not sent.called
+
+
+def test_a_lost_run_of_a_superseded_attempt_or_a_finished_submission_changes_nothing(
+    submission, sent
+):
+    Submission.objects.filter(pk=submission.pk).update(attempt=2)
+    assert record_worker_lost(str(submission.pk), 1) == ""
+    record_report(report_for(submission, attempt=2))
+    assert record_worker_lost(str(submission.pk), 2) == ""
+    submission.refresh_from_db()
+    assert submission.status == Status.PASSED and submission.attempt == 2
+    assert not sent.called
 
 
 def test_a_passed_submission_gets_a_verification_token_for_its_milestone(submission):

@@ -73,9 +73,10 @@ def test_the_worker_loads_no_django_settings_even_when_they_are_configured():
 
 
 @pytest.fixture
-def worker():
+def worker(monkeypatch, tmp_path):
     from runner import worker
 
+    monkeypatch.setenv("VAR_DIR", str(tmp_path))  # where the worker keeps its job marks
     return worker
 
 
@@ -150,3 +151,52 @@ def test_the_soft_time_limit_becomes_a_timeout_report(worker):
         worker.grade.run({"submission_id": "s1", "attempt": 1})
     report = send.call_args_list[-1].kwargs["args"][0]
     assert report["status"] == "timeout"
+
+
+def test_a_graded_job_leaves_no_mark_behind(worker, tmp_path):
+    report = {"status": "passed", "submission_id": "s1"}
+    with (
+        mock.patch.object(worker, "run_job", return_value=report),
+        mock.patch.object(worker.app, "send_task"),
+    ):
+        worker.grade.run({"submission_id": "s1", "attempt": 1})
+    assert list((tmp_path / "unfinished").iterdir()) == []
+
+
+def test_a_job_whose_run_here_died_is_reported_lost_and_not_run_again(worker, tmp_path):
+    # The mark a run leaves while it grades, unlocked: the process that held it is gone.
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "s1-a2").touch()
+    with (
+        mock.patch.object(worker, "run_job") as run_job,
+        mock.patch.object(worker.app, "send_task") as send,
+    ):
+        status = worker.grade.run({"submission_id": "s1", "attempt": 2, "lab": "softmax"})
+    assert status == "lost" and not run_job.called
+    (call,) = send.call_args_list
+    assert call.args[0] == "labs.record_worker_lost"
+    assert call.kwargs["args"] == ["s1", 2] and call.kwargs["queue"] == "web"
+    assert not (tmp_path / "unfinished" / "s1-a2").exists()
+
+
+def test_a_later_attempt_of_the_same_submission_runs(worker, tmp_path):
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "s1-a1").touch()
+    report = {"status": "passed", "submission_id": "s1"}
+    with (
+        mock.patch.object(worker, "run_job", return_value=report) as run_job,
+        mock.patch.object(worker.app, "send_task"),
+    ):
+        assert worker.grade.run({"submission_id": "s1", "attempt": 2}) == "passed"
+    assert run_job.called
+
+
+def test_a_job_the_worker_cannot_mark_still_runs(worker, tmp_path):
+    (tmp_path / "unfinished").write_text("not a folder")
+    report = {"status": "passed", "submission_id": "s1"}
+    with (
+        mock.patch.object(worker, "run_job", return_value=report) as run_job,
+        mock.patch.object(worker.app, "send_task"),
+    ):
+        assert worker.grade.run({"submission_id": "s1", "attempt": 1}) == "passed"
+    assert run_job.called
