@@ -1,7 +1,12 @@
-"""Grade a notebook locally, without a broker: `python -m runner grade softmax my.ipynb`.
+"""The runner's command line.
 
-For lab authors and for debugging a worker node; it runs the same pipeline as the worker,
-with a random seed, and prints the verdict (or the whole report with --json).
+`python -m runner grade softmax my.ipynb` grades a notebook locally, without a broker: for lab
+authors and for debugging a worker node; it runs the same pipeline as the worker, with a random
+seed, and prints the verdict (or the whole report with --json).
+
+`python -m runner wheelhouse build --out wheelhouse --python-version 3.12 --platform
+manylinux_2_28_x86_64` builds what an air-gapped node installs a worker from (see
+runner/wheelhouse.py and docs/gpu-worker.md).
 """
 
 from __future__ import annotations
@@ -26,8 +31,66 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("notebook", type=Path)
     grade.add_argument("--device-class", default="cpu", choices=("cpu", "gpu"))
     grade.add_argument("--json", action="store_true", help="print the whole report")
+    wheelhouse = commands.add_parser(
+        "wheelhouse", help="build a wheelhouse for installing a worker without the network"
+    )
+    wheelhouse_commands = wheelhouse.add_subparsers(dest="wheelhouse_command", required=True)
+    build = wheelhouse_commands.add_parser("build", help="download and build the wheelhouse")
+    build.add_argument("--out", type=Path, default=Path("wheelhouse"))
+    build.add_argument(
+        "--python-version",
+        default=f"{sys.version_info.major}.{sys.version_info.minor}",
+        help="the node's Python, major.minor (default: this one)",
+    )
+    build.add_argument(
+        "--platform",
+        help="the node's platform tag, e.g. manylinux_2_28_x86_64 (default: this machine's); "
+        "older manylinux tags are added",
+    )
+    build.add_argument(
+        "--extras", default="worker", help="comma-separated extras of the project (worker)"
+    )
+    build.add_argument(
+        "--include-torch",
+        action="store_true",
+        help="also download torch, triton and the nvidia-* CUDA wheels (several GB)",
+    )
+    build.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also leave out packages matching PATTERN (e.g. numpy, when the node has it)",
+    )
+    build.add_argument(
+        "--no-debs", action="store_true", help="skip the bubblewrap and libcap2 .debs"
+    )
     args = parser.parse_args(argv)
+    if args.command == "wheelhouse":
+        return _build_wheelhouse(args)
+    return _grade(args)
 
+
+def _build_wheelhouse(args: argparse.Namespace) -> int:
+    from runner import wheelhouse  # noqa: PLC0415 - grading needs none of it
+
+    exclude = [*(() if args.include_torch else wheelhouse.TORCH_PATTERNS), *args.exclude]
+    try:
+        wheelhouse.build_wheelhouse(
+            out=args.out,
+            python_version=args.python_version,
+            platform=args.platform or wheelhouse.local_platform(),
+            extras=[e for e in args.extras.split(",") if e],
+            exclude=exclude,
+            debs=not args.no_debs,
+        )
+    except wheelhouse.WheelhouseError as exc:
+        print(f"wheelhouse: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
     spec = load_lab_spec(notebooks_root() / args.lab)
     raw = args.notebook.read_bytes()
     try:
