@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import platform
 from typing import Any
@@ -17,8 +19,12 @@ def describe_environment(
         "python": platform.python_version(),
         "platform": platform.platform(),
         "node": platform.node(),
-        "cpu": _cpu(),
+        "cpu": describe_cpu(),
         "torch": _torch(),
+        # The CUDA runtime torch was built with (torch.version.cuda); null on a CPU build.
+        # The driver's own CUDA version is gpu.cuda_driver.
+        "cuda_runtime": _cuda_runtime(),
+        "triton": _triton(),
         "numpy": _numpy(),
         "gpu": _gpu(),
         "sandbox": sandbox_mode,
@@ -29,7 +35,8 @@ def describe_environment(
 
 
 @functools.cache
-def _cpu() -> dict[str, Any]:
+def describe_cpu() -> dict[str, Any]:
+    """CPU model, logical CPUs and the CPUs this process may run on."""
     model = platform.processor() or platform.machine()
     with (
         contextlib.suppress(OSError),
@@ -54,6 +61,34 @@ def _torch() -> str | None:
         return None
     cuda = getattr(torch.version, "cuda", None)
     return f"{torch.__version__} (CUDA {cuda})" if cuda else torch.__version__
+
+
+@functools.cache
+def _cuda_runtime() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return getattr(torch.version, "cuda", None)
+
+
+@functools.cache
+def _triton() -> str | None:
+    """Triton's version when it is importable; null otherwise. Read from the package metadata
+    first, so describing a machine does not import Triton."""
+    try:
+        if importlib.util.find_spec("triton") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        return importlib.metadata.version("triton")
+    # Installed under another distribution name (pytorch-triton on nightlies) or unpacked.
+    try:
+        import triton
+    except Exception:  # noqa: BLE001 - a broken install is "not importable"
+        return None
+    return getattr(triton, "__version__", None)
 
 
 def _numpy() -> str | None:

@@ -132,7 +132,9 @@ def failure(
         notes={c.metric: "grading stopped early." for c in spec.criteria},
     )
     return GradeResult(
-        status="timeout" if kind == "timeout" else "error",
+        # "failed": the harness caught the code cheating (runner.harness.client); a verdict on
+        # the code, not an accident of running it.
+        status=kind if kind in ("timeout", "failed") else "error",
         message=message,
         criteria=criteria,
         metrics=dict(metrics or {}),

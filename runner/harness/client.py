@@ -137,6 +137,7 @@ class ServedFunction:
         header = self._receive(timeout_s=timeout_s, doing="loading your solution")
         op = header.get("op")
         if op == "ready":
+            self._check_tampering(header, "while loading")
             return
         if op == "load_failed":
             raise HarnessFailure("error", self._load_failure(header))
@@ -155,47 +156,105 @@ class ServedFunction:
         The clock is read here, in the trusted process, around the whole round trip, so that
         nothing the child does to its own clocks can change it.
         """
-        self._next_id += 1
-        call_id = self._next_id
         shapes = " and ".join("x".join(map(str, a.shape)) or "scalar" for a in arrays)
-        start = time.perf_counter_ns()
-        try:
-            write_frame(
-                self._to_child,
-                {"op": "call", "id": call_id},
-                arrays,
-                deadline=time.monotonic() + timeout_s,
-            )
-        except Deadline:
-            raise HarnessFailure(
-                "timeout", f"{self.subject} stopped reading its input of shape {shapes}."
-            ) from None
-        except OSError:
-            raise HarnessFailure("error", self._died(f"before it was called on {shapes}")) from None
-        header, outputs = self._receive_frame(
-            timeout_s=timeout_s, doing=f"running on an input of shape {shapes}"
+        elapsed, header, outputs = self._round_trip(
+            {"op": "call"},
+            arrays,
+            timeout_s=timeout_s,
+            doing=f"running on an input of shape {shapes}",
+            sending=f"its input of shape {shapes}",
+            raised_on=f"on an input of shape {shapes}",
         )
-        elapsed = time.perf_counter_ns() - start
-        if header.get("id") != call_id:
-            raise HarnessFailure(
-                "error",
-                f"{self.subject} answered a call it was not asked (the grader's channel was "
-                "written to by something else).",
-            )
         op = header.get("op")
         if op == "result":
             return elapsed, CallResult(arrays=outputs)
         if op == "bad_return":
             return elapsed, CallResult(arrays=None, returned_type=str(header.get("type"))[:100])
-        if op == "raised":
-            where = self._where(header)
-            message = _text(header.get("message"))
+        raise HarnessFailure("error", f"{self.subject} sent an unexpected {op!r} message.")
+
+    def bench(
+        self,
+        op: str,
+        header: dict[str, Any],
+        arrays: Sequence[np.ndarray] = (),
+        *,
+        timeout_s: float,
+    ) -> tuple[int, dict[str, Any], list[np.ndarray]]:
+        """One request to the child's in-process bench (runner.measure.device_timing); returns
+        (round-trip ns by this process's clock, reply header, reply arrays)."""
+        doing = _BENCH_DOING.get(op, "being measured")
+        elapsed, reply, outputs = self._round_trip(
+            {**header, "op": op},
+            arrays,
+            timeout_s=timeout_s,
+            doing=doing,
+            sending=f"while {doing}",
+            raised_on=f"while {doing}",
+        )
+        if reply.get("op") != "bench":
+            raise HarnessFailure(
+                "error", f"{self.subject} sent an unexpected {reply.get('op')!r} message."
+            )
+        return elapsed, reply, outputs
+
+    def _round_trip(
+        self,
+        header: dict[str, Any],
+        arrays: Sequence[np.ndarray],
+        *,
+        timeout_s: float,
+        doing: str,
+        sending: str,
+        raised_on: str,
+    ) -> tuple[int, dict[str, Any], list[np.ndarray]]:
+        """Send one request, wait for its answer, time both by this process's clock. Raises
+        HarnessFailure for a child that stops reading, dies, answers another request, replaced
+        a watched name, or raised."""
+        self._next_id += 1
+        request_id = self._next_id
+        start = time.perf_counter_ns()
+        try:
+            write_frame(
+                self._to_child,
+                {**header, "id": request_id},
+                arrays,
+                deadline=time.monotonic() + timeout_s,
+            )
+        except Deadline:
+            raise HarnessFailure("timeout", f"{self.subject} stopped reading {sending}.") from None
+        except OSError:
+            raise HarnessFailure("error", self._died(f"before {doing}")) from None
+        reply, outputs = self._receive_frame(timeout_s=timeout_s, doing=doing)
+        elapsed = time.perf_counter_ns() - start
+        if reply.get("id") != request_id:
             raise HarnessFailure(
                 "error",
-                f"{self.subject} raised {_text(header.get('type'))}{where} on an input of "
-                f"shape {shapes}" + (f": {message}" if message else "."),
+                f"{self.subject} answered a request it was not asked (the grader's channel was "
+                "written to by something else).",
             )
-        raise HarnessFailure("error", f"{self.subject} sent an unexpected {op!r} message.")
+        self._check_tampering(reply, f"while {doing}")
+        if reply.get("op") == "raised":
+            message = _text(reply.get("message"))
+            raise HarnessFailure(
+                "error",
+                f"{self.subject} raised {_text(reply.get('type'))}{self._where(reply)} "
+                f"{raised_on}" + (f": {message}" if message else "."),
+            )
+        return elapsed, reply, outputs
+
+    def _check_tampering(self, header: dict[str, Any], when: str) -> None:
+        """The child's trusted code lists the watched names that no longer point where they
+        did before the learner's code loaded (runner.measure.device_timing.TamperWatch)."""
+        changed = header.get("tampered")
+        if not changed:
+            return
+        names = ", ".join(_text(n, 80) for n in list(changed)[:6])
+        raise HarnessFailure(
+            "failed",
+            f"{self.subject} replaced {names} {when}. Timers, synchronisation, comparison "
+            "functions and the grading harness are off limits: the measurement does not use "
+            "them, and replacing them fails the submission.",
+        )
 
     def pause(self) -> None:
         """Stop the child and everything it started, so it cannot steal CPU while another
@@ -277,6 +336,15 @@ class ServedFunction:
         if place:
             return f" in cell {place[0]}, line {place[1]}"
         return f" at line {last[0]} of {self.entry.file.name if self.entry.file else 'the code'}"
+
+
+_BENCH_DOING = {
+    "bench_setup": "receiving its timing inputs",
+    "bench_calibrate": "calibrating the timer",
+    "bench_block": "being timed",
+    "bench_probe": "returning timed outputs for checking",
+    "bench_wall": "being timed by the wall clock",
+}
 
 
 def _text(value: Any, limit: int = 300) -> str:

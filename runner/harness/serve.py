@@ -52,12 +52,27 @@ def main(argv: list[str]) -> int:
     def send(header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
         write_frame(proto_out, header, arrays)
 
+    # Before any learner code: the clocks and events the bench uses, and the snapshot of
+    # every name a cheat would replace (runner.measure.device_timing says why).
+    from runner.measure import device_timing
+
+    backend = device_timing.backend_for(args.device)
+    watch = device_timing.TamperWatch()
+
     loaded = _load(args)
     if isinstance(loaded, dict):
         send(loaded)
         return 3
     function = loaded
-    send({"op": "ready", "pid": os.getpid(), "torch": torch.__version__})
+    bench = device_timing.DeviceBench(backend, function)
+    send(
+        {
+            "op": "ready",
+            "pid": os.getpid(),
+            "torch": torch.__version__,
+            "tampered": watch.changed(),
+        }
+    )
 
     # The caller bounds message size; a generous cap here only guards against a broken parent.
     reader = FrameReader(proto_in, max_payload_bytes=1 << 34)
@@ -66,9 +81,18 @@ def main(argv: list[str]) -> int:
             header, arrays = reader.read(deadline=None)
         except PeerClosed:
             return 0
-        if header.get("op") == "exit":
+        op = header.get("op")
+        if op == "exit":
             return 0
         call_id = header.get("id")
+        if isinstance(op, str) and op.startswith("bench_"):
+            try:
+                reply, arrays_out = _bench(bench, op, header, arrays)
+            except BaseException as exc:  # noqa: BLE001 - the learner's code runs in there
+                send({"op": "raised", "id": call_id, **_describe(exc, args.file)})
+                continue
+            send({"op": "bench", "id": call_id, "tampered": watch.changed(), **reply}, arrays_out)
+            continue
         inputs = [torch.from_numpy(a) for a in arrays]
         if args.device == "cuda":
             inputs = [t.to("cuda") for t in inputs]
@@ -90,7 +114,31 @@ def main(argv: list[str]) -> int:
         except TypeError as exc:  # e.g. bfloat16, which numpy has no dtype for
             send({"op": "bad_return", "id": call_id, "type": f"tensor ({exc})"})
             continue
-        send({"op": "result", "id": call_id}, [np.ascontiguousarray(a) for a in arrays_out])
+        send(
+            {"op": "result", "id": call_id, "tampered": watch.changed()},
+            [np.ascontiguousarray(a) for a in arrays_out],
+        )
+
+
+def _bench(
+    bench: Any, op: str, header: dict[str, Any], arrays: list[Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """One bench request (runner.harness.bench is the other side): (reply header, arrays)."""
+    if op == "bench_setup":
+        count = int(header["sets"])
+        per_set = len(arrays) // count
+        sets = [arrays[i * per_set : (i + 1) * per_set] for i in range(count)]
+        return bench.setup(sets, flush_bytes=header.get("flush_bytes")), []
+    if op == "bench_calibrate":
+        return bench.calibrate(int(header["count"])), []
+    if op == "bench_block":
+        return bench.block(header["plan"], arrays), []
+    if op == "bench_probe":
+        return {}, bench.probe(header["outputs"], header["inputs"])
+    if op == "bench_wall":
+        bench.wall(int(header["set"]), int(header["count"]))
+        return {}, []
+    raise ValueError(f"unknown bench request {op!r}")
 
 
 def _load(args: argparse.Namespace) -> Callable[..., Any] | dict[str, Any]:

@@ -4,7 +4,6 @@ notebook so that several tests can read the same (slow) report."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from runner.labspec import load_lab_spec
 from runner.sandbox import SandboxPolicy, SandboxUnavailable
-from tests.runner.support import FIXTURES, LAB, make_job, read_notebook
+from tests.runner.support import BWRAP, FIXTURES, LAB, make_job, read_notebook
 
 # Far above any uid a distribution hands out; unique per pytest process.
 TEST_SANDBOX_UID = 1_900_000_000 + os.getpid() % 100_000
@@ -25,13 +24,13 @@ def spec():
 
 @pytest.fixture(scope="session")
 def policy() -> SandboxPolicy:
-    if shutil.which("bwrap") is None:
+    if BWRAP is None:
         pytest.skip("bubblewrap (bwrap) is not installed; sandboxed runner tests need it")
     # As root, sandboxes run as an unprivileged uid. This session gets one of its own, as
     # docs/security.md tells operators to give each worker: process limits count per uid on
     # the host, and other test stacks on this machine sandbox as "nobody".
     uid = TEST_SANDBOX_UID if os.geteuid() == 0 else None
-    policy = SandboxPolicy(mode="bwrap", bwrap=shutil.which("bwrap"), sandbox_uid=uid)
+    policy = SandboxPolicy(mode="bwrap", bwrap=BWRAP, sandbox_uid=uid)
     try:
         policy.check()
     except SandboxUnavailable as exc:

@@ -103,13 +103,16 @@ def test_printing_a_fake_pass_and_exiting_does_not_pass(graded):
     assert '"status": "passed"' in report["log_tail"]  # it did print its fake report
 
 
-def test_monkeypatching_timers_and_comparisons_changes_nothing(graded):
+def test_monkeypatching_timers_and_comparisons_fails_and_names_them(graded):
+    # The trusted side never used the replaced functions; replacing them still fails, so a
+    # cheat is told it was seen rather than graded on its merits.
     report = graded("monkeypatch_timer.ipynb")
     assert report["status"] == "failed"
-    assert criterion(report, "correct")["passed"]
-    speed = criterion(report, "speed")
-    assert not speed["passed"]
-    assert speed["measured"] < 0.5
+    assert report["message"].startswith("Your softmax() replaced ")
+    for name in ("time.perf_counter_ns", "torch.allclose", "numpy.allclose"):
+        assert name in report["message"]
+    assert "while loading" in report["message"]
+    assert not any(c["passed"] for c in report["criteria"])
 
 
 def test_a_raising_learner_cell_is_an_error_naming_the_cell(graded):
