@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import shared_task
@@ -24,6 +25,7 @@ from labs.models import Status, Submission
 from runner import broker as runner_broker
 from runner import labspec as runner_labspec
 from runner import notebook as runner_notebook
+from runner import routing as runner_routing
 from runner import schema as runner_schema
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,18 @@ def build_job(submission: Submission) -> dict[str, Any]:
 
 
 def queue_for(submission: Submission) -> str:
-    return runner_broker.grade_queue(submission.device_class)
+    """`cpu`, or the GPU queue that the lab's [requirements] call for (runner/routing.py):
+    only workers whose GPU satisfies them consume it."""
+    if submission.device_class != "gpu":
+        return runner_broker.grade_queue(submission.device_class)
+    try:
+        spec = runner_labspec.load_lab_spec(Path(settings.NOTEBOOKS_DIR) / submission.lab.slug)
+    except runner_labspec.LabSpecError as exc:
+        # The lab was loaded from this very file: a broken file now is an operator's slip.
+        # Any GPU is a better guess than no grade; the worker's grader will say what fails.
+        log.warning("routing %s to 'gpu': %s", submission.pk, exc)
+        return runner_routing.queue_for("gpu")
+    return runner_routing.queue_for("gpu", spec.requirements)
 
 
 def dispatch(submission_id: str) -> bool:

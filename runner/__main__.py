@@ -7,6 +7,9 @@ seed, and prints the verdict (or the whole report with --json).
 `python -m runner wheelhouse build --out wheelhouse --python-version 3.12 --platform
 manylinux_2_28_x86_64` builds what an air-gapped node installs a worker from (see
 runner/wheelhouse.py and docs/gpu-worker.md).
+
+`python -m runner gpu-workers [--dry-run]` starts one worker per GPU of this node, each pinned
+to its GPU and consuming the queues its GPU qualifies for (runner/gpu_workers.py).
 """
 
 from __future__ import annotations
@@ -65,7 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "--no-debs", action="store_true", help="skip the bubblewrap and libcap2 .debs"
     )
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "gpu-workers",
+        help="start one Celery worker per GPU of this node (see runner/gpu_workers.py)",
+        add_help=False,
+    )
+    # The launcher parses its own options (runner/gpu_workers.py).
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "gpu-workers":
+        from runner import gpu_workers as launcher  # noqa: PLC0415 - needs pynvml
+
+        return launcher.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "wheelhouse":
         return _build_wheelhouse(args)
     return _grade(args)

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from runner.routing import GpuRequirements, parse_requirements
 from runner.schema import COMPARATORS, DEVICE_CLASSES
 
 NOTEBOOKS_ENV = "INFERENCE_ROADMAP_NOTEBOOKS"
@@ -26,6 +27,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GRADERS = Path(__file__).resolve().parent / "graders"
 
 _TOP_KEYS = {
+    "requirements",
     "slug",
     "title",
     "summary",
@@ -136,6 +138,8 @@ class LabSpec:
     criteria: tuple[CriterionSpec, ...]
     folder: Path
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # What its GPU jobs need; decides their queue (runner/routing.py).
+    requirements: GpuRequirements = field(default_factory=GpuRequirements)
 
     @property
     def starter_path(self) -> Path:
@@ -159,6 +163,7 @@ class LabSpec:
             "solution": self.solution,
             "limits": self.limits.to_dict(),
             "criteria": [c.to_dict() for c in self.criteria],
+            "requirements": self.requirements.to_dict(),
         }
 
 
@@ -237,6 +242,7 @@ class _Parser:
             criteria=criteria,
             folder=self.path.parent,
             options=MappingProxyType(options),
+            requirements=parse_requirements(raw.get("requirements"), self.fail),
         )
 
     def text(self, table: Mapping[str, Any], key: str, where: str = "") -> str:

@@ -1,0 +1,194 @@
+"""Which queue a job goes to, and which queues a GPU worker consumes.
+
+A lab states what its GPU jobs need in lab.toml:
+
+    [requirements]
+    gpu_memory_gb = 40          # at least this much GPU memory (decimal GB, as NVML reports)
+    compute_capability = "9.0"  # at least this compute capability (e.g. for wgmma, FP8)
+    # or, instead of both:
+    gpu_model = "h100"          # exactly this model (names as model_slug() makes them)
+
+and every GPU job of the lab goes to one queue that encodes that need:
+
+    cpu                          device_class "cpu"
+    gpu                          no requirement
+    gpu.h100                     gpu_model
+    gpu.sm90 / gpu.mem40g        one of the two
+    gpu.sm90.mem40g              both
+
+A GPU worker consumes `gpu` and every queue that the labs route to and its own GPU satisfies
+(`queues_for_gpu`), so a job never lands on a GPU that cannot run it, and a big GPU still
+takes the small jobs. Queue names come from the labs present when the worker starts: restart
+GPU workers after adding a lab with new requirements.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_QUEUE = re.compile(r"^gpu(?:\.sm(?P<sm>\d{2,3}))?(?:\.mem(?P<mem>\d+)g)?$")
+_MODEL_QUEUE = re.compile(r"^gpu\.(?P<model>[a-z][a-z0-9]*)$")
+_CAPABILITY = re.compile(r"^(\d{1,2})\.(\d)$")
+_MODEL_SLUG = re.compile(r"^[a-z][a-z0-9]*$")
+REQUIREMENT_KEYS = frozenset({"gpu_memory_gb", "compute_capability", "gpu_model"})
+
+
+@dataclass(frozen=True)
+class GpuRequirements:
+    """What a lab's GPU jobs need; all None: any GPU."""
+
+    gpu_memory_gb: int | None = None
+    compute_capability: tuple[int, int] | None = None
+    gpu_model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu_memory_gb": self.gpu_memory_gb,
+            "compute_capability": (
+                "{}.{}".format(*self.compute_capability) if self.compute_capability else None
+            ),
+            "gpu_model": self.gpu_model,
+        }
+
+
+def parse_requirements(raw: Any, fail: Callable[[str], Exception]) -> GpuRequirements:
+    """The [requirements] table of a lab.toml; `fail(message)` makes the error to raise."""
+    if raw is None:
+        return GpuRequirements()
+    if not isinstance(raw, dict):
+        raise fail("requirements must be a table")
+    unknown = set(raw) - REQUIREMENT_KEYS
+    if unknown:
+        raise fail(f"unknown key(s) in [requirements]: {sorted(unknown)}")
+    memory = raw.get("gpu_memory_gb")
+    if memory is not None and (
+        isinstance(memory, bool) or not isinstance(memory, int) or memory < 1
+    ):
+        raise fail("requirements.gpu_memory_gb must be a whole number of GB, at least 1")
+    capability = raw.get("compute_capability")
+    parsed_capability = None
+    if capability is not None:
+        match = _CAPABILITY.match(capability) if isinstance(capability, str) else None
+        if not match:
+            raise fail('requirements.compute_capability must look like "9.0"')
+        parsed_capability = (int(match.group(1)), int(match.group(2)))
+    model = raw.get("gpu_model")
+    if model is not None:
+        if (
+            not isinstance(model, str)
+            or not _MODEL_SLUG.match(model)
+            or _QUEUE.match(f"gpu.{model}")
+        ):
+            raise fail('requirements.gpu_model must be a lowercase model name such as "h100"')
+        if memory is not None or capability is not None:
+            raise fail("requirements.gpu_model names one model: leave out memory and capability")
+    return GpuRequirements(
+        gpu_memory_gb=memory, compute_capability=parsed_capability, gpu_model=model
+    )
+
+
+def queue_for(device_class: str, requirements: GpuRequirements | None = None) -> str:
+    """The queue one job goes to."""
+    if device_class != "gpu":
+        return device_class
+    requirements = requirements or GpuRequirements()
+    if requirements.gpu_model:
+        return f"gpu.{requirements.gpu_model}"
+    queue = "gpu"
+    if requirements.compute_capability:
+        major, minor = requirements.compute_capability
+        queue += f".sm{major}{minor}"
+    if requirements.gpu_memory_gb:
+        queue += f".mem{requirements.gpu_memory_gb}g"
+    return queue
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as NVML describes it."""
+
+    index: int  # NVML's
+    minor: int  # of its device node, /dev/nvidia<minor>
+    uuid: str
+    name: str
+    memory_bytes: int
+    compute_capability: tuple[int, int]
+
+    @property
+    def model(self) -> str:
+        return model_slug(self.name)
+
+
+def model_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100', 'NVIDIA A100-SXM4-80GB' -> 'a100',
+    'NVIDIA GeForce RTX 4090' -> 'rtx4090', 'Tesla T4' -> 't4', 'NVIDIA H200' -> 'h200'."""
+    words = re.sub(r"[^a-z0-9]+", " ", name.lower()).split()
+    words = [w for w in words if w not in {"nvidia", "tesla", "geforce", "quadro"}]
+    if len(words) >= 2 and words[0] == "rtx" and words[1][:1].isdigit():
+        return "rtx" + words[1]
+    for word in words:
+        if re.match(r"^[a-z]+\d+[a-z]*$", word):
+            return word
+    return words[0] if words else "unknown"
+
+
+def qualifies(gpu: GpuInfo, queue: str) -> bool:
+    """Whether this GPU can run the jobs of `queue` (one of queue_for's names)."""
+    model = _MODEL_QUEUE.match(queue)
+    if model and not _QUEUE.match(queue):
+        return model.group("model") == gpu.model
+    match = _QUEUE.match(queue)
+    if not match:
+        return False
+    if match.group("sm"):
+        digits = match.group("sm")
+        needed = (int(digits[:-1]), int(digits[-1]))
+        if gpu.compute_capability < needed:
+            return False
+    return not (match.group("mem") and gpu.memory_bytes < int(match.group("mem")) * 10**9)
+
+
+def queues_for_gpu(gpu: GpuInfo, lab_queues: Iterable[str]) -> list[str]:
+    """`gpu`, then every GPU queue the labs use that this GPU satisfies, sorted."""
+    wanted = {q for q in lab_queues if q.startswith("gpu.") and qualifies(gpu, q)}
+    return ["gpu", *sorted(wanted)]
+
+
+def lab_queues(specs: Mapping[str, Any]) -> set[str]:
+    """The queues the labs' GPU jobs go to (specs: slug -> LabSpec)."""
+    return {
+        queue_for("gpu", spec.requirements)
+        for spec in specs.values()
+        if "gpu" in spec.device_classes
+    }
+
+
+def discover_gpus(nvml: Any = None) -> list[GpuInfo]:
+    """Every GPU of this node, from NVML (`pynvml`; tests pass a fake)."""
+    if nvml is None:
+        import pynvml as nvml  # noqa: PLC0415 - only GPU nodes need it
+    nvml.nvmlInit()
+    try:
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            name = nvml.nvmlDeviceGetName(handle)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            gpus.append(
+                GpuInfo(
+                    index=index,
+                    minor=int(nvml.nvmlDeviceGetMinorNumber(handle)),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+                    compute_capability=tuple(
+                        int(v) for v in nvml.nvmlDeviceGetCudaComputeCapability(handle)
+                    ),
+                )
+            )
+        return gpus
+    finally:
+        nvml.nvmlShutdown()

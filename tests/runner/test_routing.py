@@ -1,0 +1,202 @@
+"""Queues from lab requirements, and which queues a GPU's worker consumes."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from runner.gpu_workers import worker_commands
+from runner.labspec import LabSpecError, load_lab_spec
+from runner.routing import (
+    GpuInfo,
+    GpuRequirements,
+    discover_gpus,
+    model_slug,
+    parse_requirements,
+    qualifies,
+    queue_for,
+    queues_for_gpu,
+)
+from tests.runner.support import LAB
+
+H100 = GpuInfo(0, 0, "GPU-aaaa", "NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0))
+T4 = GpuInfo(1, 1, "GPU-bbbb", "Tesla T4", 15_843_721_216, (7, 5))
+
+
+def parse(raw):
+    return parse_requirements(raw, ValueError)
+
+
+def test_a_lab_without_requirements_goes_to_the_plain_gpu_queue():
+    assert queue_for("gpu", parse(None)) == "gpu"
+    assert queue_for("cpu", parse({"gpu_memory_gb": 40})) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "raw, queue",
+    [
+        ({"gpu_memory_gb": 40}, "gpu.mem40g"),
+        ({"compute_capability": "9.0"}, "gpu.sm90"),
+        ({"compute_capability": "8.6", "gpu_memory_gb": 24}, "gpu.sm86.mem24g"),
+        ({"gpu_model": "h100"}, "gpu.h100"),
+    ],
+)
+def test_requirements_name_the_queue(raw, queue):
+    assert queue_for("gpu", parse(raw)) == queue
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ([], "must be a table"),
+        ({"vram": 3}, "unknown key(s) in [requirements]: ['vram']"),
+        ({"gpu_memory_gb": 0}, "whole number of GB"),
+        ({"gpu_memory_gb": 7.5}, "whole number of GB"),
+        ({"compute_capability": 9.0}, 'must look like "9.0"'),
+        ({"gpu_model": "H100"}, "lowercase model name"),
+        ({"gpu_model": "sm90"}, "lowercase model name"),
+        ({"gpu_model": "h100", "gpu_memory_gb": 80}, "leave out memory and capability"),
+    ],
+)
+def test_bad_requirements_are_refused_with_the_reason(raw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse(raw)
+
+
+@pytest.mark.parametrize(
+    "name, slug",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA GeForce RTX 4090", "rtx4090"),
+        ("Tesla T4", "t4"),
+        ("NVIDIA L4", "l4"),
+    ],
+)
+def test_model_slugs_are_short_and_stable(name, slug):
+    assert model_slug(name) == slug
+
+
+@pytest.mark.parametrize(
+    "queue, h100, t4",
+    [
+        ("gpu", True, True),
+        ("gpu.h100", True, False),
+        ("gpu.t4", False, True),
+        ("gpu.mem16g", True, False),  # a T4 has 15.8 GB
+        ("gpu.mem80g", True, False),
+        ("gpu.mem141g", False, False),
+        ("gpu.sm75", True, True),
+        ("gpu.sm90", True, False),
+        ("gpu.sm90.mem80g", True, False),
+        ("gpu.sm100", False, False),
+        ("cpu", False, False),
+        ("gpu.nonsense.queue", False, False),
+    ],
+)
+def test_a_gpu_qualifies_for_what_it_can_run(queue, h100, t4):
+    assert qualifies(H100, queue) is h100
+    assert qualifies(T4, queue) is t4
+
+
+def test_a_worker_consumes_gpu_and_the_lab_queues_its_gpu_satisfies():
+    in_use = {"gpu", "gpu.sm90", "gpu.mem40g", "gpu.t4", "gpu.sm75.mem8g"}
+    assert queues_for_gpu(H100, in_use) == ["gpu", "gpu.mem40g", "gpu.sm75.mem8g", "gpu.sm90"]
+    assert queues_for_gpu(T4, in_use) == ["gpu", "gpu.sm75.mem8g", "gpu.t4"]
+
+
+class FakeNvml:
+    def __init__(self, gpus):
+        self.gpus = gpus
+        self.open = 0
+
+    def nvmlInit(self):
+        self.open += 1
+
+    def nvmlShutdown(self):
+        self.open -= 1
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return self.gpus[index]
+
+    def nvmlDeviceGetName(self, gpu):
+        return gpu.name.encode()  # older pynvml returns bytes
+
+    def nvmlDeviceGetUUID(self, gpu):
+        return gpu.uuid
+
+    def nvmlDeviceGetMinorNumber(self, gpu):
+        return gpu.minor
+
+    def nvmlDeviceGetMemoryInfo(self, gpu):
+        return SimpleNamespace(total=gpu.memory_bytes, used=0, free=gpu.memory_bytes)
+
+    def nvmlDeviceGetCudaComputeCapability(self, gpu):
+        return gpu.compute_capability
+
+
+def test_gpus_are_discovered_through_nvml():
+    nvml = FakeNvml([H100, T4])
+    assert discover_gpus(nvml) == [H100, T4]
+    assert nvml.open == 0
+
+
+def test_each_worker_is_pinned_to_its_own_gpu():
+    second = GpuInfo(1, 3, "GPU-cccc", "NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0))
+    commands = worker_commands([H100, second], {"gpu.sm90"}, python="/venv/bin/python")
+    assert [c.env for c in commands] == [
+        {
+            "RUNNER_GPU_DEVICES": "/dev/nvidia0,/dev/nvidiactl,/dev/nvidia-uvm",
+            "CUDA_VISIBLE_DEVICES": "GPU-aaaa",
+        },
+        {
+            # the device node follows NVML's minor number, not its index
+            "RUNNER_GPU_DEVICES": "/dev/nvidia3,/dev/nvidiactl,/dev/nvidia-uvm",
+            "CUDA_VISIBLE_DEVICES": "GPU-cccc",
+        },
+    ]
+    argv = commands[1].argv
+    assert argv[:6] == ("/venv/bin/python", "-m", "celery", "-A", "runner.worker", "worker")
+    assert argv[argv.index("-Q") + 1] == "gpu,gpu.sm90"
+    assert argv[argv.index("-n") + 1] == "gpu1@%h"
+    assert argv[argv.index("--concurrency") + 1] == "1"
+    assert "CUDA_VISIBLE_DEVICES=GPU-cccc" in commands[1].describe()
+
+
+def test_the_softmax_lab_needs_any_gpu():
+    assert load_lab_spec(LAB).requirements == GpuRequirements()
+
+
+def test_a_lab_spec_with_bad_requirements_names_the_file(tmp_path):
+    import shutil
+
+    folder = tmp_path / "softmax"
+    shutil.copytree(LAB, folder)
+    toml = folder / "lab.toml"
+    toml.write_text(toml.read_text() + '\n[requirements]\ncompute_capability = "nine"\n')
+    with pytest.raises(LabSpecError, match=r"lab\.toml: requirements\.compute_capability"):
+        load_lab_spec(folder)
+
+
+def test_when_one_worker_exits_the_launcher_stops_the_others_and_passes_on_its_status():
+    import sys
+    import time
+
+    from runner.gpu_workers import WorkerCommand, run
+
+    def command(gpu: GpuInfo, code: str) -> WorkerCommand:
+        return WorkerCommand(gpu=gpu, queues=("gpu",), argv=(sys.executable, "-c", code), env={})
+
+    started = time.monotonic()
+    status = run(
+        [command(H100, "import time; time.sleep(60)"), command(T4, "raise SystemExit(3)")],
+        poll_s=0.05,
+    )
+    assert status == 3
+    assert time.monotonic() - started < 30  # the sleeper was stopped, not waited for
