@@ -10,6 +10,23 @@ import numpy as np
 
 FIRST_MISMATCHES = 5
 
+# Default (atol, rtol) per output dtype, for labs that state no tolerance of their own: what
+# an honest kernel in that precision reaches against a float64 reference (float32 within a
+# few ulps; half precisions keep 11 and 8 significant bits). A lab tightens or loosens them
+# in lab.toml [options] and says why there.
+DEFAULT_TOLERANCES = {
+    "float64": (1e-12, 1e-10),
+    "float32": (1e-6, 1e-5),
+    "float16": (1e-3, 1e-2),
+    "bfloat16": (1e-2, 1e-2),
+}
+
+
+def tolerance_for(dtype: str) -> tuple[float, float]:
+    """(atol, rtol) for an output dtype; there is no default for integer outputs, which
+    must match exactly (0, 0)."""
+    return DEFAULT_TOLERANCES.get(dtype, (0.0, 0.0))
+
 
 @dataclass
 class Comparison:
