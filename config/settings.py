@@ -87,6 +87,11 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Instructors are staff accounts; learners have none (their browser keeps a learner key).
+LOGIN_URL = "instructor-login"
+LOGIN_REDIRECT_URL = "instructor-home"
+LOGOUT_REDIRECT_URL = "overview"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -188,6 +193,9 @@ CELERY_BEAT_SCHEDULE["sweep-submissions"] = {
     "schedule": SWEEP_INTERVAL_S,
     "options": {"queue": "web", "expires": SWEEP_INTERVAL_S},
 }
+# A worker silent this long (its heartbeats come every RUNNER_HEARTBEAT_S, 15 s by default)
+# that did not say it was stopping is lost: the sweeper re-queues the jobs it was running.
+WORKER_LOST_AFTER_S = env_int("WORKER_LOST_AFTER_S", 60)
 # Verification tokens (a passed lab marks its milestone verified in the browser).
 VERIFICATION_SALT = "inference-roadmap.milestone-verified"
 # Set for a local worker that runs learner code without bubblewrap (a single-user laptop

@@ -1,7 +1,9 @@
-"""Submitting a lab: the one workflow that spans models (STYLE.md: services only for that).
+"""Workflows that span models (STYLE.md: services only for those): submitting a lab, and an
+instructor overriding a grade.
 
 Every refusal is a SubmissionRefused carrying the HTTP status and a message written for the
-learner; nothing is stored or queued when a submission is refused.
+learner; nothing is stored or queued when a submission is refused. An override refused is an
+OverrideRefused with a message for the instructor; nothing is written then either.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from labs import tasks
-from labs.models import Lab, Submission
+from labs.models import (
+    OVERRIDE_STATUSES,
+    AuditEntry,
+    Cohort,
+    GradeOverride,
+    Lab,
+    Status,
+    Submission,
+)
 
 LEARNER_KEY = re.compile(r"^[0-9a-f]{32}$")
 
@@ -73,8 +84,6 @@ def check_rate_limits(*, learner_key: str, client_ip: str | None) -> None:
 
 def _retry_after(queryset, window: timedelta) -> int:
     """Seconds until the oldest submission in the window leaves it."""
-    from django.utils import timezone
-
     oldest = queryset.since(window).order_by("created").values_list("created", flat=True).first()
     if oldest is None:
         return 60
@@ -131,3 +140,63 @@ def submit_lab(
         # Only once the row is committed may a worker see the job.
         transaction.on_commit(lambda: tasks.dispatch(str(submission.pk)))
     return submission
+
+
+class OverrideRefused(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# The override form's choice that removes the override (the grader's verdict counts again).
+GRADER_VERDICT = "grader"
+
+
+def override_grade(
+    *, submission: Submission, status: str, reason: str, by, cohort: Cohort | None
+) -> AuditEntry:
+    """Set (or, with status=GRADER_VERDICT, remove) the instructor's final status for a
+    submission, and record it. The grader's report and status stay as they are."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise OverrideRefused("Give a reason: it is kept in the audit trail with the change.")
+    if status != GRADER_VERDICT and status not in OVERRIDE_STATUSES:
+        raise OverrideRefused("Choose passed, failed or rejected.")
+    with transaction.atomic():
+        # Lock the row: two instructors overriding at once each see the other's result. (The
+        # override is read after: PostgreSQL locks nothing on the nullable side of a join.)
+        submission = Submission.objects.select_for_update().get(pk=submission.pk)
+        if not submission.is_final:
+            raise OverrideRefused("This submission is still being graded; override it after.")
+        current = submission.grade_override
+        before = submission.final_status
+        if status == GRADER_VERDICT:
+            if current is None:
+                raise OverrideRefused("There is no override to remove.")
+            current.delete()
+            action, after = AuditEntry.Action.REMOVE, submission.status
+        else:
+            if status == before:
+                raise OverrideRefused(f"Its status is already {Status(status).label.lower()}.")
+            GradeOverride.objects.update_or_create(
+                submission=submission,
+                defaults={
+                    "status": status,
+                    "graded_status": submission.status,
+                    "reason": reason,
+                    "by": by,
+                    "at": timezone.now(),
+                },
+            )
+            action, after = AuditEntry.Action.OVERRIDE, status
+        return AuditEntry.objects.create(
+            actor=by,
+            actor_name=by.get_username(),
+            submission=submission,
+            cohort=cohort,
+            action=action,
+            field="status",
+            before=before,
+            after=after,
+            reason=reason,
+        )

@@ -21,12 +21,18 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from labs.models import Status, Submission
+from labs.models import Status, Submission, Worker, WorkerSample
+from labs.workers import SAMPLES_KEPT, WORKER_NAME, clean_heartbeat
 from runner import broker as runner_broker
+from runner import heartbeat as runner_heartbeat
 from runner import labspec as runner_labspec
 from runner import notebook as runner_notebook
 from runner import routing as runner_routing
 from runner import schema as runner_schema
+
+# For labs/fleet.py: the clock reasons the grader counts as throttling (runner/ is reached
+# only through this module).
+from runner.measure.telemetry import SPOILING_REASONS as THROTTLE_REASONS  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,7 @@ def dispatch(submission_id: str) -> bool:
 @shared_task(name="labs.record_progress", ignore_result=True)
 def record_progress(submission_id: str, attempt: int, stage: str, info: dict | None = None):
     info = info if isinstance(info, dict) else {}
+    worker = info.get("worker")
     now = timezone.now()
     active = Submission.objects.filter(
         pk=submission_id, attempt=attempt, status__in=[Status.QUEUED, Status.RUNNING]
@@ -139,9 +146,11 @@ def record_progress(submission_id: str, attempt: int, stage: str, info: dict | N
     changes: dict[str, Any] = {
         "status": Status.RUNNING,
         "stage": str(stage)[:32],
-        "progress": {k: v for k, v in info.items() if k != "log_tail"},
+        "progress": {k: v for k, v in info.items() if k not in ("log_tail", "worker")},
         "heartbeat_at": now,
     }
+    if isinstance(worker, str) and WORKER_NAME.match(worker):
+        changes["worker"] = worker  # whose heartbeats this run depends on (the sweeper)
     if "log_tail" in info:
         changes["log_tail"] = str(info["log_tail"])[-8000:]
     active.update(**changes)
@@ -176,6 +185,18 @@ def record_report(report: dict) -> bool:
     else:
         log.info("ignored a duplicate or stale report for %s", report["submission_id"])
     return bool(updated)
+
+
+@shared_task(name="labs.record_heartbeat", ignore_result=True)
+def record_heartbeat(payload: dict) -> str:
+    """A worker's heartbeat (runner/heartbeat.py). It came over the broker: every field is
+    checked and a bad one dropped (labs.workers.clean_heartbeat); one that is not newer than
+    the last recorded changes nothing. Returns "created", "updated", "stale" or "malformed"."""
+    heartbeat = clean_heartbeat(payload, schema=runner_heartbeat.HEARTBEAT_SCHEMA)
+    if heartbeat is None:
+        log.warning("dropping a malformed heartbeat")
+        return "malformed"
+    return Worker.objects.record(heartbeat, now=timezone.now())
 
 
 @shared_task(name="labs.record_worker_lost", ignore_result=True)
@@ -218,6 +239,7 @@ def retry_or_give_up(submission: Submission, *, now: datetime) -> str:
         progress={},
         dispatched_at=None,
         heartbeat_at=None,
+        worker="",
     )
     if not retried:
         return ""
@@ -230,13 +252,26 @@ def retry_or_give_up(submission: Submission, *, now: datetime) -> str:
 
 @shared_task(name="labs.sweep_submissions", ignore_result=True)
 def sweep_submissions() -> dict[str, int]:
-    """Re-send what was never sent, re-run what got stuck, give up after the attempt cap."""
+    """Re-send what was never sent, re-run what got stuck or whose worker was lost, give up
+    after the attempt cap; forget worker samples older than a day."""
     now = timezone.now()
     counts = {"sent": 0, "retried": 0, "gave_up": 0}
+    WorkerSample.objects.filter(at__lt=now - SAMPLES_KEPT).delete()
     for submission in Submission.objects.filter(
         status=Status.QUEUED, dispatched_at__isnull=True
     ).only("pk"):
         counts["sent"] += dispatch(str(submission.pk))
+
+    # A job whose worker stopped sending heartbeats is not waited for until its lease ends:
+    # its worker is gone (killed, powered off, cut off from the broker).
+    lost_workers = Worker.objects.lost(now=now).values_list("name", flat=True)
+    for submission in Submission.objects.select_related("lab").filter(
+        status=Status.RUNNING, worker__in=lost_workers
+    ):
+        log.warning("worker %s is lost; re-queueing %s", submission.worker, submission.pk)
+        outcome = retry_or_give_up(submission, now=now)
+        if outcome:
+            counts[outcome] += 1
 
     queued_lease = timedelta(seconds=settings.SUBMISSION_QUEUED_LEASE_S)
     grace = timedelta(seconds=settings.SUBMISSION_RUNNING_GRACE_S)

@@ -1,6 +1,8 @@
-from django.urls import path
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import views as auth_views
+from django.urls import path, reverse_lazy
 
-from labs import api, views
+from labs import api, cohort_views, fleet, instructor_views, views
 
 urlpatterns = [
     path("labs/", views.lab_list, name="labs"),
@@ -14,6 +16,72 @@ urlpatterns = [
         name="submission-notebook",
     ),
     path("my/submissions/", views.my_submissions, name="my-submissions"),
+    # Cohorts, the learner's side
+    path("cohorts/", cohort_views.my_cohorts, name="cohorts"),
+    path("cohorts/join/", cohort_views.join, name="cohort-join"),
+    path("cohorts/<int:pk>/leave/", cohort_views.leave, name="cohort-leave"),
+    # Instructors (staff accounts). The login form refuses accounts without staff status.
+    path(
+        "instructor/login/",
+        auth_views.LoginView.as_view(
+            template_name="labs/instructor/login.html",
+            authentication_form=AdminAuthenticationForm,
+        ),
+        name="instructor-login",
+    ),
+    path("instructor/logout/", auth_views.LogoutView.as_view(), name="instructor-logout"),
+    path(
+        "instructor/password/",
+        auth_views.PasswordChangeView.as_view(
+            template_name="labs/instructor/password.html",
+            success_url=reverse_lazy("instructor-home"),
+        ),
+        name="instructor-password",
+    ),
+    path("instructor/", instructor_views.home, name="instructor-home"),
+    path("instructor/cohorts/<int:pk>/", instructor_views.cohort_detail, name="instructor-cohort"),
+    path(
+        "instructor/cohorts/<int:pk>/members/<int:member>/remove/",
+        instructor_views.member_remove,
+        name="instructor-member-remove",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/join-code/",
+        instructor_views.new_join_code,
+        name="instructor-join-code",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/instructors/",
+        instructor_views.instructor_add,
+        name="instructor-add",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/gradebook/",
+        instructor_views.gradebook,
+        name="instructor-gradebook",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/gradebook.csv",
+        instructor_views.gradebook_csv,
+        name="instructor-gradebook-csv",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/labs/<slug:slug>/submissions.csv",
+        instructor_views.lab_csv,
+        name="instructor-lab-csv",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/",
+        instructor_views.review,
+        name="instructor-review",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/override/",
+        instructor_views.override,
+        name="instructor-override",
+    ),
+    # The grading fleet, from the workers' heartbeats (staff only)
+    path("fleet/", fleet.fleet_page, name="fleet"),
     # JSON API v1
     path("api/v1/labs/<slug:slug>/submissions", api.create_submission, name="api-submit"),
     path("api/v1/submissions/<uuid:pk>", api.submission_detail, name="api-submission"),

@@ -22,6 +22,8 @@ VAR_DIR_ENV = "VAR_DIR"
 GRADE_TASK = "runner.grade"
 RECORD_PROGRESS_TASK = "labs.record_progress"
 RECORD_REPORT_TASK = "labs.record_report"
+# Every RUNNER_HEARTBEAT_S seconds, from the main process of each worker (runner/heartbeat.py).
+RECORD_HEARTBEAT_TASK = "labs.record_heartbeat"
 # Sent instead of running a job whose earlier run on this node died with its process
 # (runner/unfinished.py): the web side counts that run as an attempt.
 RECORD_WORKER_LOST_TASK = "labs.record_worker_lost"

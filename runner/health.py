@@ -4,20 +4,37 @@ Set once something is wrong that no single job's report can fix (today: GPU memo
 not come back after a job). From then on every job is answered with an error report saying
 so, nothing of it runs, and the Celery task asks the worker to stop consuming its queue.
 Only a restart by an operator clears it.
+
+The problem is kept in memory shared by every process forked from the one that created it
+(an anonymous shared mapping, which fork() passes on), not in a Python attribute: Celery's
+pool processes grade and so find the problem, while the worker's main process sends the
+heartbeats that must report it (runner/heartbeat.py), and a pool process that Celery replaces
+must not start healthy again. `celery -A runner.worker` imports this module in the main
+process before the pool forks.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import threading
 
 logger = logging.getLogger(__name__)
 
 
 class WorkerHealth:
+    SIZE = 4096  # bytes: a flag, then the problem as UTF-8 (longer text is cut)
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.problem: str | None = None
+        self._shared = mmap.mmap(-1, self.SIZE)  # MAP_SHARED | MAP_ANONYMOUS
+
+    @property
+    def problem(self) -> str | None:
+        if self._shared[0] != 1:
+            return None
+        text = self._shared[1:].split(b"\0", 1)[0]
+        return text.decode("utf-8", "replace")
 
     @property
     def ok(self) -> bool:
@@ -26,7 +43,13 @@ class WorkerHealth:
     def fail(self, problem: str) -> None:
         with self._lock:
             if self.problem is None:
-                self.problem = problem
+                # The text first, the flag last (a one-byte store): a reader in another
+                # process sees either no problem or the whole sentence. Two processes failing
+                # at the same instant could mix their sentences; one job at a time per GPU
+                # makes that all but impossible, and either sentence is true.
+                text = problem.encode("utf-8")[: self.SIZE - 2]
+                self._shared[1 : 1 + len(text) + 1] = text + b"\0"
+                self._shared[0] = 1
         logger.error("worker is unhealthy and stops taking jobs: %s", problem)
 
     def refusal(self) -> str:
@@ -38,7 +61,7 @@ class WorkerHealth:
     def reset(self) -> None:
         """For tests, and for an operator's console after fixing the node."""
         with self._lock:
-            self.problem = None
+            self._shared[0] = 0
 
 
 WORKER_HEALTH = WorkerHealth()

@@ -7,8 +7,10 @@ Run it with, for example:
 It consumes `runner.grade` jobs, runs each through runner.pipeline, and sends progress and
 the final report to the web side as `labs.record_progress` / `labs.record_report` tasks on
 the `web` queue. A job whose earlier run on this node died mid-job is not run again: the
-worker sends `labs.record_worker_lost` instead (runner/unfinished.py says why). It needs no
-database and no secret beyond the broker URL.
+worker sends `labs.record_worker_lost` instead (runner/unfinished.py says why). Its main
+process sends a heartbeat (`labs.record_heartbeat`, runner/heartbeat.py) every
+RUNNER_HEARTBEAT_S seconds and once more when it stops. It needs no database and no secret
+beyond the broker URL.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
+from runner import heartbeat
 from runner.broker import (
     GRADE_TASK,
+    RECORD_HEARTBEAT_TASK,
     RECORD_PROGRESS_TASK,
     RECORD_REPORT_TASK,
     RECORD_WORKER_LOST_TASK,
     WEB_QUEUE,
     broker_settings_from_env,
 )
+from runner.gpu import gpu_indices
 from runner.health import WORKER_HEALTH
 from runner.pipeline import run_job
-from runner.sandbox import SandboxPolicy, SandboxUnavailable, sandbox_status
+from runner.sandbox import GPU_DEVICES_ENV, SandboxPolicy, SandboxUnavailable, sandbox_status
 from runner.schema import new_report
 from runner.unfinished import Mark, Start, UnfinishedJobs
 
@@ -71,14 +76,75 @@ def _check_sandbox(**_: Any) -> None:
         logger.warning("sandbox: %s", warning)
 
 
+# The heartbeat of this worker, once its main process is ready (see _start_heartbeat).
+_HEARTBEAT: dict[str, heartbeat.Heartbeat] = {}
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Start sending heartbeats. worker_ready is sent in the worker's main process (never in
+    a pool process) once it consumes; it comes again after a broker reconnection, which
+    keeps the heartbeat already running."""
+    if _HEARTBEAT or sender is None:
+        return
+    queues = consumed_queues(sender)
+    gpus = gpu_indices(tuple(d for d in os.environ.get(GPU_DEVICES_ENV, "").split(",") if d))
+    interval_s = heartbeat.interval_from_env()
+    state = heartbeat.WorkerState(
+        worker=str(getattr(sender, "hostname", "") or "unknown"),
+        queues=lambda: consumed_queues(sender),
+        jobs=lambda: heartbeat.celery_jobs(GRADE_TASK),
+        health=lambda: WORKER_HEALTH.problem,
+        interval_s=interval_s,
+        device_class=heartbeat.device_class(queues, has_gpus=bool(gpus)),
+        gpu_minors=gpus,
+        sandbox=heartbeat.sandbox_summary(sandbox_status()),
+    )
+    _HEARTBEAT["main"] = heartbeat.Heartbeat(state, send_heartbeat, interval_s=interval_s).start()
+    logger.info("heartbeats every %g s as %s", interval_s, state.worker)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    """The worker stopped (after a warm shutdown let its jobs finish): say so, so that the
+    web side shows it stopped rather than lost."""
+    beat = _HEARTBEAT.pop("main", None)
+    if beat is not None:
+        beat.stop()
+
+
+def consumed_queues(consumer: Any) -> list[str]:
+    """The queues this worker consumes now (fewer once an unhealthy worker stopped one)."""
+    queues = getattr(getattr(consumer, "task_consumer", None), "queues", None)
+    if queues is None:  # between a broker disconnection and the reconnection
+        queues = app.amqp.queues.consume_from.values()
+    return sorted({str(queue.name) for queue in queues})
+
+
+def send_heartbeat(payload: dict[str, Any]) -> None:
+    app.send_task(
+        RECORD_HEARTBEAT_TASK,
+        args=[payload],
+        queue=WEB_QUEUE,
+        expires=heartbeat.EXPIRES_INTERVALS * payload["interval_s"],
+        # The goodbye is worth a retry; a regular heartbeat is replaced by the next one.
+        retry=payload["stopping"],
+        retry_policy={"max_retries": 3, "interval_start": 0.5, "interval_step": 0.5},
+    )
+
+
 class ProgressSender:
     """Forwards pipeline progress to the web side, at most one 'running' update per interval:
-    the web side needs a live view, not a message per cell."""
+    the web side needs a live view, not a message per cell. Each message names the worker
+    (its Celery hostname) so that the web side knows whose heartbeats the job depends on."""
 
-    def __init__(self, *, submission_id: str, attempt: int, interval_s: float) -> None:
+    def __init__(
+        self, *, submission_id: str, attempt: int, interval_s: float, worker: str | None = None
+    ) -> None:
         self.submission_id = submission_id
         self.attempt = attempt
         self.interval_s = interval_s
+        self.worker = worker
         self.last_sent = float("-inf")
 
     def __call__(self, stage: str, **info: Any) -> None:
@@ -86,6 +152,8 @@ class ProgressSender:
         if stage == "running" and now - self.last_sent < self.interval_s:
             return
         self.last_sent = now
+        if self.worker:
+            info["worker"] = self.worker
         try:
             app.send_task(
                 RECORD_PROGRESS_TASK,
@@ -115,7 +183,10 @@ def grade(self: Any, job: dict[str, Any]) -> str:
 
 def run_and_report(task: Any, job: Any, *, submission_id: str, attempt: Any) -> str:
     progress = ProgressSender(
-        submission_id=submission_id, attempt=attempt, interval_s=PROGRESS_INTERVAL_S
+        submission_id=submission_id,
+        attempt=attempt,
+        interval_s=PROGRESS_INTERVAL_S,
+        worker=getattr(getattr(task, "request", None), "hostname", None),
     )
     try:
         report = run_job(job, on_progress=progress)

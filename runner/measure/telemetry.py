@@ -189,51 +189,10 @@ class TelemetrySampler:
     # -- sampling ---------------------------------------------------------------------------
 
     def _record(self) -> None:
-        nvml, handle = self.nvml, self._handle
-
-        def utilization() -> tuple[int, int]:
-            rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-            return int(rates.gpu), int(rates.memory)
-
-        rates = self._read("utilization", utilization)
-        sample = Sample(
-            t_s=self.clock() - self._started_at,
-            sm_clock_mhz=self._read(
-                "sm_clock_mhz", lambda: int(nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_SM))
-            ),
-            memory_clock_mhz=self._read(
-                "memory_clock_mhz",
-                lambda: int(nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_MEM)),
-            ),
-            temperature_c=self._read(
-                "temperature_c",
-                lambda: int(nvml.nvmlDeviceGetTemperature(handle, NVML_TEMPERATURE_GPU)),
-            ),
-            # NVML reports milliwatts.
-            power_w=self._read("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000),
-            gpu_utilization_pct=None if rates is None else rates[0],
-            memory_utilization_pct=None if rates is None else rates[1],
-            clock_event_reasons=self._read("clock_event_reasons", self._reasons),
-        )
+        values = read_values(self.nvml, self._handle, self._read)
+        sample = Sample(t_s=self.clock() - self._started_at, **values)
         with self._lock:
             self._samples.append(sample)
-
-    def _reasons(self) -> int:
-        """The current clocks-event reasons, from the newer call or the older, deprecated
-        one (drivers before 535 have only nvmlDeviceGetCurrentClocksThrottleReasons)."""
-        problem: Exception | None = None
-        for name in (
-            "nvmlDeviceGetCurrentClocksEventReasons",
-            "nvmlDeviceGetCurrentClocksThrottleReasons",
-        ):
-            read = getattr(self.nvml, name, None)
-            if read is None:
-                continue
-            try:
-                return int(read(self._handle))
-            except Exception as exc:  # noqa: BLE001 - try the other name
-                problem = exc
-        raise problem or AttributeError("NVML has no clocks-event-reasons call")
 
     def _read(self, field: str, read: Callable[[], Any]) -> Any:
         """One reading, or None when NVML cannot give it (the first error is kept)."""
@@ -292,6 +251,97 @@ class TelemetrySampler:
         )
         result["unreadable"] = errors
         return result
+
+
+def read_values(
+    nvml: Any, handle: Any, read: Callable[[str, Callable[[], Any]], Any]
+) -> dict[str, Any]:
+    """One reading of every Sample field but t_s. `read(field, call)` makes each NVML call
+    and returns None (keeping the error) when NVML cannot give that field."""
+
+    def utilization() -> tuple[int, int]:
+        rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+        return int(rates.gpu), int(rates.memory)
+
+    rates = read("utilization", utilization)
+    return {
+        "sm_clock_mhz": read(
+            "sm_clock_mhz", lambda: int(nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_SM))
+        ),
+        "memory_clock_mhz": read(
+            "memory_clock_mhz", lambda: int(nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_MEM))
+        ),
+        "temperature_c": read(
+            "temperature_c",
+            lambda: int(nvml.nvmlDeviceGetTemperature(handle, NVML_TEMPERATURE_GPU)),
+        ),
+        # NVML reports milliwatts.
+        "power_w": read("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000),
+        "gpu_utilization_pct": None if rates is None else rates[0],
+        "memory_utilization_pct": None if rates is None else rates[1],
+        "clock_event_reasons": read("clock_event_reasons", lambda: current_reasons(nvml, handle)),
+    }
+
+
+def current_reasons(nvml: Any, handle: Any) -> int:
+    """The current clocks-event reasons, from the newer call or the older, deprecated one
+    (drivers before 535 have only nvmlDeviceGetCurrentClocksThrottleReasons)."""
+    problem: Exception | None = None
+    for name in (
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetCurrentClocksThrottleReasons",
+    ):
+        read = getattr(nvml, name, None)
+        if read is None:
+            continue
+        try:
+            return int(read(handle))
+        except Exception as exc:  # noqa: BLE001 - try the other name
+            problem = exc
+    raise problem or AttributeError("NVML has no clocks-event-reasons call")
+
+
+def snapshot(nvml: Any, index: int) -> dict[str, Any]:
+    """What GPU `index` (NVML's index; NVML already initialised) is doing now, in one reading,
+    for a worker's heartbeat (runner/heartbeat.py): the Sample fields, name, uuid, memory used
+    and total, the clocks-event reason names and `throttled` (one of them spoils timings).
+    A field NVML cannot read is None and named in `unreadable`; a GPU NVML does not know has
+    `available` false and a `reason`."""
+    errors: dict[str, str] = {}
+
+    def read(field: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - NotSupported, NoPermission, missing call...
+            errors.setdefault(field, _describe(exc))
+            return None
+
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception as exc:  # noqa: BLE001
+        reason = f"NVML has no GPU {index} ({_describe(exc)})"
+        return {"index": index, "available": False, "reason": reason}
+    values = read_values(nvml, handle, read)
+    memory = read("memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+    mask = values.pop("clock_event_reasons")
+    reasons = reason_names(mask) if mask is not None else []
+    return {
+        "index": index,
+        "available": True,
+        "reason": None,
+        "name": read("name", lambda: _text(nvml.nvmlDeviceGetName(handle))),
+        "uuid": read("uuid", lambda: _text(nvml.nvmlDeviceGetUUID(handle))),
+        **values,
+        "memory_used_bytes": None if memory is None else int(memory.used),
+        "memory_total_bytes": None if memory is None else int(memory.total),
+        "clock_event_reasons": reasons,
+        "throttled": any(name in SPOILING_REASONS for name in reasons),
+        "unreadable": dict(sorted(errors.items())),
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _describe(exc: BaseException) -> str:

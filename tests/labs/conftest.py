@@ -97,3 +97,87 @@ def job_of(call) -> dict:
 
 def decode(response) -> dict:
     return json.loads(response.content)
+
+
+# --- Cohorts and instructors -------------------------------------------------------------
+# Named users: alice teaches the cohort, bob is staff and teaches another one, charlie has an
+# account without staff status (learners have none, so he stands for "signed in, no access").
+PASSWORD = "a-long-test-password-1"
+CAROL = "c0ffee00c0ffee00c0ffee00c0ffee00"  # a learner key outside the cohort
+
+
+@pytest.fixture
+def alice(db):
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("alice", password=PASSWORD, is_staff=True)
+
+
+@pytest.fixture
+def bob(db):
+    from django.contrib.auth.models import User
+
+    from labs.models import Cohort
+
+    bob = User.objects.create_user("bob", password=PASSWORD, is_staff=True)
+    Cohort.objects.create(name="Bob's cohort").instructors.add(bob)
+    return bob
+
+
+@pytest.fixture
+def charlie(db):
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("charlie", password=PASSWORD)
+
+
+@pytest.fixture
+def cohort(alice):
+    from labs.models import Cohort
+
+    cohort = Cohort.objects.create(name="Spring 2027")
+    cohort.instructors.add(alice)
+    cohort.join(learner_key=LEARNER, display_name="Ada")
+    cohort.join(learner_key=OTHER_LEARNER, display_name="Grace")
+    return cohort
+
+
+def graded(
+    lab,
+    learner=LEARNER,
+    status="passed",
+    *,
+    speedup=None,
+    mismatched=None,
+    minutes_ago=0,
+    **fields,
+):
+    """A submission the grader has finished, recorded the way labs/tasks.py records it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from labs.models import Submission
+    from labs.tasks import record_report
+
+    submission = Submission.objects.create(
+        lab=lab,
+        learner_key=learner,
+        notebook="{}",
+        status="running",
+        created=timezone.now() - timedelta(minutes=minutes_ago),
+    )
+    metrics = fields.pop("metrics", {})
+    if speedup is not None:
+        metrics["timing"] = {
+            "unit": "us",
+            "speedup": {"value": speedup, "ci95_low": speedup * 0.9, "ci95_high": speedup * 1.1},
+        }
+    if mismatched is not None:
+        metrics["correctness"] = {"mismatched_elements": mismatched}
+    message = fields.pop("message", f"Graded: {status}.")
+    assert record_report(
+        report_for(submission, status=status, message=message, metrics=metrics, **fields)
+    )
+    submission.refresh_from_db()
+    return submission

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner.measure.telemetry import TelemetrySampler, reason_names
+from runner.measure.telemetry import TelemetrySampler, reason_names, snapshot
 
 HW_THERMAL = 0x40
 GPU_IDLE = 0x1
@@ -240,3 +240,27 @@ def test_a_sampler_starts_once_and_stops_idempotently():
         pass
     running.stop()
     assert running.summary()["n"] == 2
+
+
+def test_a_snapshot_is_one_reading_and_names_what_nvml_lacks():
+    # This fake has no name, UUID or memory calls: those are empty and named, the rest read.
+    nvml = FakeNvml(SW_POWER_CAP | GPU_IDLE)
+    reading = snapshot(nvml, 2)
+    assert reading["index"] == 2 and reading["available"] is True
+    assert reading["sm_clock_mhz"] == 1980 and reading["power_w"] == pytest.approx(350.5)
+    assert reading["gpu_utilization_pct"] == 99 and reading["temperature_c"] == 61
+    assert reading["clock_event_reasons"] == ["GpuIdle", "SwPowerCap"]
+    assert reading["throttled"] is True
+    assert reading["name"] is None and reading["memory_used_bytes"] is None
+    assert set(reading["unreadable"]) == {"memory", "name", "uuid"}
+    assert nvml.inits == 0  # the caller holds NVML open; a snapshot starts no thread
+
+
+def test_a_snapshot_of_a_gpu_nvml_does_not_know_says_so():
+    nvml = FakeNvml()
+    nvml.nvmlDeviceGetHandleByIndex = lambda index: (_ for _ in ()).throw(RuntimeError("gone"))
+    assert snapshot(nvml, 5) == {
+        "index": 5,
+        "available": False,
+        "reason": "NVML has no GPU 5 (RuntimeError: gone)",
+    }

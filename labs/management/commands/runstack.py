@@ -1,6 +1,9 @@
 """`make run`: the whole product on one machine — web server, the web-side Celery worker
 with beat (records results, sweeps stuck submissions) and a grading worker — on the
-embedded defaults (SQLite, filesystem broker). Ctrl-C stops everything it started."""
+embedded defaults (SQLite, filesystem broker). Ctrl-C stops everything it started.
+
+On the first start (with DEBUG on) it also creates a local instructor account and prints
+its password once; nothing about it is stored in the repository."""
 
 from __future__ import annotations
 
@@ -13,6 +16,10 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from labs.management.commands.create_instructor import InstructorExists, create_instructor
+
+LOCAL_INSTRUCTOR = "instructor"
 
 
 def stack_commands(port: int) -> dict[str, list[str]]:
@@ -48,6 +55,7 @@ class Command(BaseCommand):
                     "bubblewrap) to grade safely."
                 )
             )
+        self.local_instructor(port)
         # SIGTERM (a process manager, `kill`) stops the stack as cleanly as Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
         children: dict[str, subprocess.Popen[bytes]] = {}
@@ -72,6 +80,27 @@ class Command(BaseCommand):
             self.stdout.write("\nStopping…")
         finally:
             _stop_all(children)
+
+    def local_instructor(self, port: int) -> None:
+        """A local instructor account on first start; its password is printed only then."""
+        if not settings.DEBUG:
+            return  # `make run` sets DEBUG; a production site uses create_instructor
+        login = f"http://127.0.0.1:{port}/instructor/login/"
+        try:
+            _, password = create_instructor(LOCAL_INSTRUCTOR)
+        except InstructorExists:
+            self.stdout.write(
+                f"Instructor pages: {login} as {LOCAL_INSTRUCTOR!r} (the password was printed "
+                f"on the first start; `python manage.py changepassword {LOCAL_INSTRUCTOR}` "
+                "sets a new one)."
+            )
+            return
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created a local instructor account: {LOCAL_INSTRUCTOR!r}, password {password}\n"
+                f"It is shown only this once. Sign in at {login}"
+            )
+        )
 
 
 def _interrupt(signum, frame):

@@ -1,0 +1,75 @@
+"""The fleet page in a browser: a staff member sees the workers, and the fragment refreshes
+on its own when a new heartbeat arrives (htmx polling, every 5 s)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from labs.models import Worker, WorkerSample
+from labs.tasks import record_heartbeat
+from tests.labs.test_workers import heartbeat, silence
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def test_the_fleet_page_renders_and_refreshes_itself(page, site):
+    User.objects.create_user("operator", password="a-long-password-1", is_staff=True)
+    first = heartbeat("gpu0@node1", running=[])
+    record_heartbeat(first)
+    record_heartbeat(heartbeat("gpu1@node1"))
+    silence("gpu1@node1", 120)
+    an_hour_of_jobs("gpu0@node1")
+
+    page.goto(f"{site}/fleet/")
+    page.wait_for_url(f"{site}/admin/login/?next=/fleet/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "a-long-password-1")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{site}/fleet/")
+
+    alive = page.locator('[data-worker="gpu0@node1"]')
+    assert alive.locator(".worker-status").inner_text() == "● alive"
+    lost = page.locator('[data-worker="gpu1@node1"]')
+    assert lost.locator(".worker-status").inner_text() == "✗ lost"
+    assert alive.locator("[data-utilization]").inner_text() == "97 %"
+    assert alive.locator("svg.spark polyline").count() == 2  # one unbroken line each
+    page.screenshot(path=str(DOCS / "fleet.png"), full_page=True)
+
+    # The worker comes under load: its next heartbeat shows on the page without a reload.
+    busy = heartbeat("gpu0@node1", running=["sub-1"]) | {"boot": first["boot"], "seq": 2}
+    busy["gpus"][0]["gpu_utilization_pct"] = 12
+    record_heartbeat(busy)
+    page.wait_for_function(
+        "() => document.querySelector('[data-worker=\"gpu0@node1\"] [data-utilization]')"
+        ".textContent === '12 %'",
+        timeout=12_000,
+    )
+    assert "jobs running 1" in alive.inner_text()
+
+
+def an_hour_of_jobs(name: str) -> None:
+    """Samples as an hour of heartbeats would leave them: jobs of about five minutes (GPU
+    busy, memory in use) with three idle minutes between them."""
+    worker = Worker.objects.get(name=name)
+    now = timezone.now()
+    samples = []
+    for i in range(1, 240):
+        busy = (i // 20) % 8 < 5
+        samples.append(
+            WorkerSample(
+                worker=worker,
+                at=now - timedelta(seconds=15 * i),
+                gpu_index=0,
+                gpu_utilization=90 + i % 7 if busy else i % 3,
+                memory_used=(30 + i % 5 if busy else 1) << 30,
+                power=600 if busy else 70,
+                temperature=70 if busy else 38,
+                jobs_running=int(busy),
+                interval_s=15,
+            )
+        )
+    WorkerSample.objects.bulk_create(samples)
