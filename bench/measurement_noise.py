@@ -111,7 +111,9 @@ def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[st
 
     converted: dict[int, np.ndarray] = {}
 
-    def reference_rows(rows: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    def reference_rows(
+        rows: np.ndarray, others: list[np.ndarray], _indices: np.ndarray
+    ) -> np.ndarray:
         x = rows.astype(np.float64)
         if case.name == "copy":
             return x

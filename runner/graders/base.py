@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.harness.bench import BenchRejected
+from runner.harness.client import HarnessFailure
 from runner.labspec import LabSpec
 from runner.schema import CriterionResult
 
@@ -138,5 +140,45 @@ def failure(
         message=message,
         criteria=criteria,
         metrics=dict(metrics or {}),
+        log_tail=log_tail,
+    )
+
+
+class GraderBroken(Exception):
+    """The trusted side (a baseline, the reference, the node) failed: our bug or the node's,
+    never the learner's."""
+
+
+def trusted(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call into a trusted child (a baseline): its failures are the grader's, not the
+    learner's."""
+    try:
+        return call(*args, **kwargs)
+    except HarnessFailure as exc:
+        raise GraderBroken(exc.message) from None
+
+
+def failure_from(
+    exc: BenchRejected | HarnessFailure | GraderBroken,
+    *,
+    spec: LabSpec,
+    device_class: str,
+    metrics: Mapping[str, Any] | None,
+    log_tail: str,
+) -> GradeResult:
+    """The GradeResult for a grading run that stopped early: the harness caught a cheat
+    (failed), the learner's code crashed or hung (error, timeout), or the grader broke."""
+    if isinstance(exc, BenchRejected):
+        kind, message = "failed", exc.message
+    elif isinstance(exc, GraderBroken):
+        kind, message = "error", f"The grader failed, not your code: {exc}"
+    else:
+        kind, message = exc.kind, exc.message
+    return failure(
+        spec=spec,
+        device_class=device_class,
+        kind=kind,
+        message=message,
+        metrics=metrics,
         log_tail=log_tail,
     )

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from runner.gpu import gpu_indices
-from runner.graders.base import GradeResult, evaluate_criteria, failure, verdict
+from runner.graders.base import (
+    GraderBroken,
+    GradeResult,
+    evaluate_criteria,
+    failure_from,
+    trusted,
+    verdict,
+)
 from runner.graders.reporting import undecided
 from runner.graders.softmax_lab import (
     BASELINE,
@@ -27,13 +34,11 @@ from runner.graders.softmax_lab import (
     DTYPE,
     GPU_CASES,
     REVIEW_SPEEDUP,
-    GraderBroken,
     Options,
     make_input,
     naive_softmax,
     reference,
     timing_cpus,
-    trusted,
 )
 from runner.graders.softmax_timing import time_on_device, time_round_trip
 from runner.harness.bench import BenchRejected
@@ -119,22 +124,11 @@ def grade(
             timing = None
             if tally.mismatched == 0:
                 timing = run.measure_speed(baseline, timing_rng, tally)
-        except BenchRejected as exc:
-            return failure(
+        except (BenchRejected, HarnessFailure, GraderBroken) as exc:
+            return failure_from(
+                exc,
                 spec=spec,
                 device_class=device_class,
-                kind="failed",
-                message=exc.message,
-                metrics=run.metrics,
-                log_tail=candidate.log_tail(),
-            )
-        except (HarnessFailure, GraderBroken) as exc:
-            broken = isinstance(exc, GraderBroken)
-            return failure(
-                spec=spec,
-                device_class=device_class,
-                kind="error" if broken else exc.kind,
-                message=(f"The grader failed, not your code: {exc}" if broken else exc.message),
                 metrics=run.metrics,
                 log_tail=candidate.log_tail(),
             )

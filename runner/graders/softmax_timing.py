@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from runner.graders.base import GraderBroken, trusted
 from runner.graders.reporting import roofline_report, timing_metrics
 from runner.graders.softmax_lab import (
     DTYPE,
-    GraderBroken,
     WrongWhileTimed,
     reference,
     timing_cpus,
-    trusted,
 )
 from runner.harness.bench import BenchRejected, RowOperation, measure_pair
 from runner.harness.client import ServedFunction
@@ -109,7 +108,7 @@ def time_on_device(
     operation = RowOperation(
         make_set=lambda r: [r.standard_normal((rows, cols), dtype=np.float32) * 3],
         make_rows=lambda r, n: r.standard_normal((n, cols), dtype=np.float32) * 3,
-        reference_rows=lambda rows, _: reference(rows),
+        reference_rows=lambda rows, _others, _indices: reference(rows),
         compare=compare,
     )
     gpu = run.device_class == "gpu"

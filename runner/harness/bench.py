@@ -69,9 +69,14 @@ class RowOperation:
 
     make_set: Callable[[np.random.Generator], list[np.ndarray]]
     make_rows: Callable[[np.random.Generator, int], np.ndarray]
-    # (rows of the first input, the set's other inputs, never mutated) -> expected rows
-    reference_rows: Callable[[np.ndarray, list[np.ndarray]], np.ndarray]
+    # (rows of the first input as they were at the call, the set's other inputs (never
+    # mutated), the indices of those rows) -> expected rows. The indices let a lab with
+    # row-aligned side inputs (a residual) pick the matching rows of them.
+    reference_rows: Callable[[np.ndarray, list[np.ndarray], np.ndarray], np.ndarray]
     compare: Callable[[np.ndarray | None, np.ndarray], Comparison]
+    # Plain numbers passed after the arrays on every call (e.g. an epsilon), the same for
+    # candidate and baseline.
+    scalars: tuple[float | int, ...] = ()
 
 
 class BenchRejected(Exception):
@@ -228,6 +233,8 @@ class _Runner:
     def setup(self, side: Side) -> None:
         flat = [array for arrays in self.sets[side.name] for array in arrays]
         header: dict[str, Any] = {"sets": len(self.sets[side.name])}
+        if self.operation.scalars:
+            header["scalars"] = list(self.operation.scalars)
         if self.policy.flush_bytes is not None:
             header["flush_bytes"] = self.policy.flush_bytes
         _, side.setup, _ = self.request(side, "bench_setup", header, flat)
@@ -315,7 +322,7 @@ class _Runner:
                 )
         for probe, got in zip(probes, arrays, strict=False):
             others = self.sets[side.name][probe.set_index][1:]
-            expected = self.operation.reference_rows(probe.inputs, others)
+            expected = self.operation.reference_rows(probe.inputs, others, probe.rows)
             comparison = self.operation.compare(got, expected)
             if not comparison.ok:
                 label = f"timed call, rows {probe.rows.tolist()}"

@@ -145,20 +145,31 @@ class ServedFunction:
             "error", f"{self.subject} sent {op!r} while loading; the grader expected 'ready'."
         )
 
-    def call(self, arrays: Sequence[np.ndarray], *, timeout_s: float) -> CallResult:
-        return self.timed_call(arrays, timeout_s=timeout_s)[1]
+    def call(
+        self,
+        arrays: Sequence[np.ndarray],
+        *,
+        timeout_s: float,
+        scalars: Sequence[float | int] = (),
+    ) -> CallResult:
+        return self.timed_call(arrays, timeout_s=timeout_s, scalars=scalars)[1]
 
     def timed_call(
-        self, arrays: Sequence[np.ndarray], *, timeout_s: float
+        self,
+        arrays: Sequence[np.ndarray],
+        *,
+        timeout_s: float,
+        scalars: Sequence[float | int] = (),
     ) -> tuple[int, CallResult]:
-        """Send one call and wait for its answer; return (round-trip ns, result).
+        """Send one call and wait for its answer; return (round-trip ns, result). `scalars`
+        are plain numbers passed after the arrays (e.g. an epsilon).
 
         The clock is read here, in the trusted process, around the whole round trip, so that
         nothing the child does to its own clocks can change it.
         """
         shapes = " and ".join("x".join(map(str, a.shape)) or "scalar" for a in arrays)
         elapsed, header, outputs = self._round_trip(
-            {"op": "call"},
+            {"op": "call", **({"scalars": list(scalars)} if scalars else {})},
             arrays,
             timeout_s=timeout_s,
             doing=f"running on an input of shape {shapes}",

@@ -97,8 +97,9 @@ def main(argv: list[str]) -> int:
         if args.device == "cuda":
             inputs = [t.to("cuda") for t in inputs]
             torch.cuda.synchronize()
+        scalars = _scalars(header)
         try:
-            result = function(*inputs)
+            result = function(*inputs, *scalars)
             if args.device == "cuda":
                 torch.cuda.synchronize()
         except BaseException as exc:  # noqa: BLE001 - the learner's sys.exit() is an error too
@@ -128,7 +129,9 @@ def _bench(
         count = int(header["sets"])
         per_set = len(arrays) // count
         sets = [arrays[i * per_set : (i + 1) * per_set] for i in range(count)]
-        return bench.setup(sets, flush_bytes=header.get("flush_bytes")), []
+        return bench.setup(
+            sets, flush_bytes=header.get("flush_bytes"), scalars=_scalars(header)
+        ), []
     if op == "bench_calibrate":
         return bench.calibrate(int(header["count"])), []
     if op == "bench_block":
@@ -139,6 +142,12 @@ def _bench(
         bench.wall(int(header["set"]), int(header["count"]))
         return {}, []
     raise ValueError(f"unknown bench request {op!r}")
+
+
+def _scalars(header: dict[str, Any]) -> list[float | int]:
+    """Plain numbers the trusted side passes after the arrays (e.g. an epsilon)."""
+    values = header.get("scalars") or []
+    return [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
 def _load(args: argparse.Namespace) -> Callable[..., Any] | dict[str, Any]:

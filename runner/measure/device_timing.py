@@ -242,15 +242,24 @@ class DeviceBench:
         self.backend = backend
         self.function = function
         self.sets: list[list[Any]] = []
+        self.scalars: tuple[float | int, ...] = ()
         self.kept: list[list[Any]] = []
         self._flush: Any = None
         self._poison_like: tuple[tuple[int, ...], Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------
-    def setup(self, sets: Sequence[Sequence[Any]], *, flush_bytes: int | None = None) -> dict:
+    def setup(
+        self,
+        sets: Sequence[Sequence[Any]],
+        *,
+        flush_bytes: int | None = None,
+        scalars: Sequence[float | int] = (),
+    ) -> dict:
         import torch
 
         self.sets = [self.backend.prepare(arrays) for arrays in sets]
+        # Plain numbers passed after the tensors on every call (e.g. an epsilon).
+        self.scalars = tuple(scalars)
         flush = self.backend.default_flush_bytes() if flush_bytes is None else int(flush_bytes)
         device = self.sets[0][0].device if self.sets and self.sets[0] else "cpu"
         self._flush = torch.empty(flush // 4, dtype=torch.float32, device=device) if flush else None
@@ -278,7 +287,8 @@ class DeviceBench:
     def time_sample(self, set_index: int) -> Sample:
         arguments = self.sets[set_index]
         self._prepare_sample()
-        sample = self.backend.time_call(lambda: self.function(*arguments))
+        scalars = self.scalars
+        sample = self.backend.time_call(lambda: self.function(*arguments, *scalars))
         outputs = sample.outputs if isinstance(sample.outputs, tuple | list) else [sample.outputs]
         first = outputs[0] if outputs else None
         floating = getattr(getattr(first, "dtype", None), "is_floating_point", False)
@@ -335,9 +345,9 @@ class DeviceBench:
     def wall(self, set_index: int, count: int) -> None:
         """`count` calls back to back, then a device-wide synchronise, with no clock read here:
         the trusted side times the whole request from outside this process."""
-        arguments = self.sets[set_index]
+        arguments, scalars = self.sets[set_index], self.scalars
         for _ in range(count):
-            self.function(*arguments)
+            self.function(*arguments, *scalars)
         self.backend.synchronize()
 
     def calibrate(self, count: int) -> dict:

@@ -30,7 +30,7 @@ def softmax_operation(rows: int, cols: int) -> RowOperation:
     return RowOperation(
         make_set=lambda r: [r.standard_normal((rows, cols), dtype=np.float32) * 3],
         make_rows=lambda r, n: r.standard_normal((n, cols), dtype=np.float32) * 3,
-        reference_rows=lambda x, _: reference(x),
+        reference_rows=lambda x, _others, _indices: reference(x),
         compare=lambda got, expected: compare_output(
             got=got, expected=expected, dtype="float32", atol=1e-6, rtol=1e-5
         ),

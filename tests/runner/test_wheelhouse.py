@@ -93,23 +93,33 @@ def assert_worker_runs(python: Path, scratch: Path) -> None:
 
 def stub_torch_wheel(folder: Path) -> Path:
     """A torch distribution with no code: the node's CUDA torch, as far as pip can tell."""
+    return stub_wheel(folder, "torch", "2.11.0")
+
+
+def stub_triton_wheel(folder: Path) -> Path:
+    """The triton that a CUDA build of torch brings with it on Linux (torch requires it)."""
+    return stub_wheel(folder, "triton", "3.5.0")
+
+
+def stub_wheel(folder: Path, name: str, version: str) -> Path:
+    info = f"{name}-{version}.dist-info"
     files = {
-        "torch/__init__.py": "__version__ = '2.11.0+stub'\n",
-        "torch-2.11.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: torch\nVersion: 2.11.0\n",
-        "torch-2.11.0.dist-info/WHEEL": (
+        f"{name}/__init__.py": f"__version__ = '{version}+stub'\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": (
             "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
     record = []
-    for name, text in files.items():
+    for path, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{name},sha256={digest.decode()},{len(text.encode())}")
-    files["torch-2.11.0.dist-info/RECORD"] = "\n".join([*record, "torch-2.11.0.dist-info/RECORD,,"])
-    path = folder / "torch-2.11.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as wheel:
-        for name, text in files.items():
-            wheel.writestr(name, text)
-    return path
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"])
+    wheel_path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel_path, "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return wheel_path
 
 
 def test_the_network_is_really_blocked(tmp_path):
@@ -163,7 +173,8 @@ def test_the_manifest_lists_every_file_with_its_sha256_and_what_was_left_out(bui
     assert {"install.py", "manifest.json"} <= {p.name for p in out.iterdir()}
     for entry in manifest["files"]:
         assert wheelhouse_install.sha256_of(out / entry["name"]) == entry["sha256"]
-    assert [e["requirement"] for e in manifest["excluded"]] == ["torch"]
+    # triton: the worker extra names it (the kernels lab); GPU nodes have it with their torch.
+    assert [e["requirement"] for e in manifest["excluded"]] == ["torch", "triton"]
     assert "own CUDA build" in manifest["excluded"][0]["reason"]
     names = {wheelhouse.normalize(f["name"].split("-")[0]): f["kind"] for f in manifest["files"]}
     assert not [n for n in names if wheelhouse.excluded_by(n, wheelhouse.TORCH_PATTERNS)]
@@ -184,7 +195,7 @@ def test_it_installs_offline_into_the_environment_that_has_torch(built, tmp_path
     subprocess.run([sys.executable, "-m", "venv", node], check=True)
     subprocess.run(
         [node / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-index", "--no-deps"]
-        + [stub_torch_wheel(tmp_path)],
+        + [stub_torch_wheel(tmp_path), stub_triton_wheel(tmp_path)],
         check=True,
         env={**clean_env(tmp_path), "PIP_CONFIG_FILE": os.devnull},
     )
