@@ -93,12 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         if status["status"] in FINAL:
             print(status["message"])
             for c in status["criteria"]:
-                mark = "-" if not c.get("evaluated", True) else ("PASS" if c["passed"] else "FAIL")
-                print(f"  [{mark}] {c['name']}: {c['measured']} {c['comparator']} {c['threshold']}")
+                print(f"  {criterion_line(c, status.get('device_class', ''))}")
             return 0 if status["status"] == "passed" else 1
         time.sleep(1.0)
     print(f"gave up waiting after {args.wait:.0f} s; see {created['url']}", file=sys.stderr)
     return 3
+
+
+def criterion_line(c: dict, device_class: str) -> str:
+    """'[PASS] speed: 1.3 >= 0.8', or '[-] speed: not evaluated on cpu'."""
+    if not c.get("evaluated", True):
+        return f"[-] {c['name']}: not evaluated on {device_class or 'this device'}"
+    mark = "PASS" if c["passed"] else "FAIL"
+    measured = "not measured" if c["measured"] is None else c["measured"]
+    return f"[{mark}] {c['name']}: {measured} {c['comparator']} {c['threshold']}"
 
 
 if __name__ == "__main__":
