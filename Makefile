@@ -39,5 +39,9 @@ wheelhouse: $(VENV)/.run-deps
 	$(PY) -m runner wheelhouse build --out wheelhouse \
 		--python-version $(WHEELHOUSE_PYTHON) --platform $(WHEELHOUSE_PLATFORM) $(WHEELHOUSE_ARGS)
 
+# Refresh docs/screenshots/ from the browser tests (they skip writing them otherwise).
+screenshots: $(VENV)/.test-deps
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/browser -q
+
 clean:
 	rm -rf var .pytest_cache .ruff_cache

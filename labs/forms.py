@@ -12,6 +12,8 @@ from labs.models import (
     JOIN_CODE_LENGTH,
     OVERRIDE_STATUSES,
     Cohort,
+    CommentTemplate,
+    Feedback,
     Status,
     normalise_join_code,
 )
@@ -19,6 +21,7 @@ from labs.services import GRADER_VERDICT, LEARNER_KEY
 
 DISPLAY_NAME_MAX = 60
 REASON_MAX = 2000
+COMMENT_MAX = 4000
 
 
 class JoinCohortForm(forms.Form):
@@ -109,3 +112,36 @@ class OverrideForm(forms.Form):
         if not reason:
             raise forms.ValidationError("Give a reason: it is kept in the audit trail.")
         return reason
+
+
+class FeedbackForm(forms.Form):
+    """The instructor's comment; a saved comment of the lab, chosen, is added to it."""
+
+    comment = forms.CharField(
+        label="Comment for the learner", max_length=COMMENT_MAX, required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+    )  # fmt: skip
+    template = forms.ModelChoiceField(
+        label="Add a saved comment", queryset=CommentTemplate.objects.none(), required=False,
+        empty_label="(none)",
+    )  # fmt: skip
+    save_as_template = forms.BooleanField(
+        label="Save this comment for other submissions of this lab", required=False
+    )
+
+    def __init__(self, *args, submission, **kwargs) -> None:
+        feedback = Feedback.objects.filter(submission=submission).first()
+        kwargs.setdefault("initial", {"comment": feedback.comment if feedback else ""})
+        super().__init__(*args, **kwargs)
+        self.fields["template"].queryset = CommentTemplate.objects.filter(lab=submission.lab_id)
+
+    def clean(self):
+        data = super().clean()
+        template = data.get("template")
+        comment = (data.get("comment") or "").strip()
+        if template is not None:
+            comment = f"{comment}\n\n{template.text}" if comment else template.text
+        if len(comment) > COMMENT_MAX:
+            raise forms.ValidationError(f"Keep the comment to {COMMENT_MAX:,} characters.")
+        data["comment"] = comment
+        return data

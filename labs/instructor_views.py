@@ -1,5 +1,5 @@
 """Instructor pages: cohorts and their members, the gradebook and its CSV exports, the
-submission review and overrides.
+submission review, overrides, regrades, and comments and their release to learners.
 
 Every page needs a staff account that teaches the cohort: an anonymous visitor is sent to
 the login page, a signed-in account without staff status gets 403, and a staff user who does
@@ -25,13 +25,15 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from labs import export
-from labs.forms import AddInstructorForm, CohortForm, OverrideForm
+from labs import export, services
+from labs.forms import REASON_MAX, AddInstructorForm, CohortForm, FeedbackForm, OverrideForm
 from labs.gradebook import SORTS, STATUS_FILTERS, build_gradebook
-from labs.models import Cohort, Lab, Submission
-from labs.services import GRADER_VERDICT, OverrideRefused, override_grade
+from labs.models import Cohort, Feedback, Lab, Submission
+from labs.regrades import regrade_history
+from labs.services import GRADER_VERDICT, OverrideRefused, RegradeRefused, override_grade
 
 POLL_SECONDS = 5
+BATCHES_SHOWN = 5
 
 
 def instructor_required(view):
@@ -69,15 +71,29 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "labs/instructor/home.html", ctx, status=400 if form.errors else 200)
 
 
+def _regrade_batches(cohort: Cohort) -> tuple[list, bool]:
+    """The latest regrades of whole labs, each with how many of its submissions finished."""
+    batches = list(cohort.regrades.select_related("lab", "by").with_progress()[:BATCHES_SHOWN])
+    return batches, any(batch.running for batch in batches)
+
+
 def _cohort_page(request: HttpRequest, cohort: Cohort, *, add_form=None, status: int = 200):
     join_path = f"{reverse('cohort-join')}?code={cohort.join_code}"
+    batches, regrading = _regrade_batches(cohort)
     ctx = {
         "cohort": cohort,
         "members": cohort.members(),
         "instructors": cohort.instructors.order_by("username"),
         "add_form": add_form or AddInstructorForm(),
         "join_url": request.build_absolute_uri(join_path),
+        "labs": Lab.objects.filter(active=True),
+        "batches": batches,
+        "regrading": regrading,
+        "poll_seconds": POLL_SECONDS,
     }
+    if request.htmx:
+        response = render(request, "labs/instructor/cohort.html#regrades", ctx)
+        return response if regrading else HttpResponseStopPolling(response.content)
     return render(request, "labs/instructor/cohort.html", ctx, status=status)
 
 
@@ -193,7 +209,9 @@ def _telemetry(metrics: dict) -> dict[str, Any] | None:
     return telemetry | {"fields": fields}
 
 
-def _review_page(request, cohort: Cohort, submission: Submission, *, form=None, status=200):
+def _review_page(
+    request, cohort: Cohort, submission: Submission, *, form=None, feedback_form=None, status=200
+):
     member = cohort.memberships.current().get(learner_key=submission.learner_key)
     attempts = list(submission.attempts().light())
     history = [
@@ -218,6 +236,9 @@ def _review_page(request, cohort: Cohort, submission: Submission, *, form=None, 
         "audit": submission.audit.all(),
         "form": form or OverrideForm(submission=submission),
         "grader_verdict": GRADER_VERDICT,
+        "regrades": regrade_history(submission),
+        "feedback": Feedback.objects.filter(submission=submission).first(),
+        "feedback_form": feedback_form or FeedbackForm(submission=submission),
     }
     return render(request, "labs/instructor/review.html", ctx, status=status)
 
@@ -252,3 +273,108 @@ def override(request: HttpRequest, pk: int, submission) -> HttpResponse:
             url = reverse("instructor-review", args=[cohort.pk, target.pk])
             return redirect(f"{url}#audit")
     return _review_page(request, cohort, target, form=form, status=400)
+
+
+# --- Regrades --------------------------------------------------------------------------------
+
+
+def _reason(request: HttpRequest) -> str:
+    return request.POST.get("reason", "").strip()[:REASON_MAX]
+
+
+@instructor_required
+@require_POST
+def regrade(request: HttpRequest, pk: int, submission) -> HttpResponse:
+    cohort = _cohort(request, pk)
+    target = _reviewable(cohort, submission)
+    try:
+        services.regrade_submission(
+            submission=target, by=request.user, cohort=cohort, reason=_reason(request)
+        )
+    except RegradeRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(
+            request, "Sent to the grader again; the report it replaces is kept under Regrades."
+        )
+    url = reverse("instructor-review", args=[cohort.pk, target.pk])
+    return redirect(f"{url}#regrades")
+
+
+@instructor_required
+@require_POST
+def regrade_lab(request: HttpRequest, pk: int, slug: str) -> HttpResponse:
+    cohort = _cohort(request, pk)
+    lab = get_object_or_404(Lab, slug=slug, active=True)
+    try:
+        batch = services.regrade_lab(
+            cohort=cohort, lab=lab, by=request.user, reason=_reason(request)
+        )
+    except RegradeRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(
+            request,
+            f"Regrading {batch.count} submission{'s' if batch.count != 1 else ''} of "
+            f"{lab.title} (any still queued or running were left alone).",
+        )
+    return redirect(f"{reverse('instructor-cohort', args=[cohort.pk])}#regrades")
+
+
+# --- Feedback --------------------------------------------------------------------------------
+
+
+@instructor_required
+@require_POST
+def feedback(request: HttpRequest, pk: int, submission) -> HttpResponse:
+    cohort = _cohort(request, pk)
+    target = _reviewable(cohort, submission)
+    form = FeedbackForm(request.POST, submission=target)
+    if not form.is_valid():
+        return _review_page(request, cohort, target, feedback_form=form, status=400)
+    saved = services.save_feedback(
+        submission=target,
+        comment=form.cleaned_data["comment"],
+        by=request.user,
+        save_as_template=form.cleaned_data["save_as_template"],
+    )
+    if saved.released:
+        messages.success(request, "Comment saved. Its feedback is released: the learner sees it.")
+    else:
+        messages.success(request, "Comment saved. The learner sees it once you release it.")
+    url = reverse("instructor-review", args=[cohort.pk, target.pk])
+    return redirect(f"{url}#feedback")
+
+
+@instructor_required
+@require_POST
+def release(request: HttpRequest, pk: int, submission) -> HttpResponse:
+    cohort = _cohort(request, pk)
+    target = _reviewable(cohort, submission)
+    released = services.release_feedback(
+        submissions=cohort.submissions().filter(pk=target.pk), by=request.user, cohort=cohort
+    )
+    if released:
+        messages.success(request, "Released: the learner now sees the comment and any override.")
+    else:
+        messages.error(request, "Nothing to release: write a comment or override first.")
+    url = reverse("instructor-review", args=[cohort.pk, target.pk])
+    return redirect(f"{url}#feedback")
+
+
+@instructor_required
+@require_POST
+def release_lab(request: HttpRequest, pk: int, slug: str) -> HttpResponse:
+    cohort = _cohort(request, pk)
+    lab = get_object_or_404(Lab, slug=slug, active=True)
+    released = services.release_feedback(
+        submissions=cohort.submissions().filter(lab=lab), by=request.user, cohort=cohort
+    )
+    messages.success(
+        request,
+        f"Released feedback on {released} submission{'s' if released != 1 else ''} of {lab.title}."
+        if released
+        else f"Nothing to release in {lab.title}: no submission "
+        "has an unreleased comment or override.",
+    )
+    return redirect(f"{reverse('instructor-cohort', args=[cohort.pk])}#labs")

@@ -12,7 +12,8 @@ so a duplicate or stale message changes nothing.
 A Cohort (labs/cohorts.py) groups learners, by learner key, under instructors (staff
 users). An instructor's GradeOverride lives beside the submission, never inside its report:
 recording a report (a first grade or a regrade) only writes Submission's own columns, so an
-override survives it. Every override is an AuditEntry.
+override survives it. Every override, regrade and release of feedback is an AuditEntry.
+Regrades are in labs/regrades.py, instructor comments and their release in labs/feedback.py.
 """
 
 from __future__ import annotations
@@ -214,6 +215,24 @@ class Submission(models.Model):
         return override.status if override else self.status
 
     @property
+    def released_feedback(self) -> Feedback | None:
+        """The instructor's feedback, once released to the learner (labs/feedback.py)."""
+        try:
+            feedback = self.feedback
+        except ObjectDoesNotExist:
+            return None
+        return feedback if feedback.released else None
+
+    @property
+    def learner_status(self) -> str:
+        """The status the learner is told, and the roadmap's verification follows: the
+        grader's, until feedback is released; then an override's, where there is one."""
+        override = self.grade_override
+        if override is not None and self.released_feedback is not None:
+            return override.status
+        return self.status
+
+    @property
     def rank(self) -> tuple[int, float, object]:
         """Sort key of "best attempt": status, then speedup, then the most recent."""
         return (RANK.get(self.final_status, -1), self.speedup or 0.0, self.created)
@@ -315,6 +334,8 @@ class AuditEntry(models.Model):
     class Action(models.TextChoices):
         OVERRIDE = "override", "Override"
         REMOVE = "remove", "Override removed"
+        REGRADE = "regrade", "Regrade"
+        RELEASE = "release", "Feedback released"
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -366,5 +387,8 @@ __all__ = [
     "normalise_join_code",
 ]
 
-# Grading workers and their heartbeats (labs/workers.py).
+# Instructor feedback (labs/feedback.py), regrades (labs/regrades.py), grading workers and
+# their heartbeats (labs/workers.py).
+from labs.feedback import CommentTemplate, Feedback  # noqa: E402,F401
+from labs.regrades import Regrade, RegradeBatch  # noqa: E402,F401
 from labs.workers import Worker, WorkerSample  # noqa: E402,F401

@@ -1,9 +1,10 @@
-"""Workflows that span models (STYLE.md: services only for those): submitting a lab, and an
-instructor overriding a grade.
+"""Workflows that span models (STYLE.md: services only for those): submitting a lab; an
+instructor overriding a grade, regrading, and writing and releasing feedback.
 
 Every refusal is a SubmissionRefused carrying the HTTP status and a message written for the
-learner; nothing is stored or queued when a submission is refused. An override refused is an
-OverrideRefused with a message for the instructor; nothing is written then either.
+learner; nothing is stored or queued when a submission is refused. An override or a regrade
+refused is an OverrideRefused or a RegradeRefused with a message for the instructor; nothing
+is written then either.
 """
 
 from __future__ import annotations
@@ -13,18 +14,26 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from labs import tasks
 from labs.models import (
+    FINAL,
     OVERRIDE_STATUSES,
     AuditEntry,
     Cohort,
+    CommentTemplate,
+    Feedback,
     GradeOverride,
     Lab,
+    Regrade,
+    RegradeBatch,
     Status,
     Submission,
+    SubmissionQuerySet,
 )
+from labs.regrades import REPORTS_KEPT
 
 LEARNER_KEY = re.compile(r"^[0-9a-f]{32}$")
 
@@ -55,7 +64,11 @@ def max_upload_bytes(lab: Lab | None = None) -> int:
 def check_rate_limits(*, learner_key: str, client_ip: str | None) -> None:
     hour = timedelta(hours=1)
     mine = Submission.objects.for_learner(learner_key)
-    if mine.active().count() >= settings.SUBMISSIONS_ACTIVE_PER_LEARNER:
+    # Runs an instructor's regrade started are not the learner's to wait for.
+    if (
+        mine.active().filter(regrades__isnull=True).count()
+        >= settings.SUBMISSIONS_ACTIVE_PER_LEARNER
+    ):
         raise SubmissionRefused(
             f"You already have {settings.SUBMISSIONS_ACTIVE_PER_LEARNER} submissions waiting "
             "or running. Try again when one has finished.",
@@ -200,3 +213,141 @@ def override_grade(
             after=after,
             reason=reason,
         )
+
+
+# --- Regrades ----------------------------------------------------------------------------
+
+
+class RegradeRefused(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _regrade(
+    submission: Submission, *, by, cohort: Cohort, batch: RegradeBatch | None, reason: str
+) -> Regrade | None:
+    """Send one submission back to the queue; None when it is queued or running (the UPDATE
+    is conditional on the status and attempt read here, so the report kept as history is the
+    one the regrade replaces, and two regrades at once send it once)."""
+    reset = Submission.objects.filter(
+        pk=submission.pk, attempt=submission.attempt, status=submission.status, status__in=FINAL
+    ).update(
+        status=Status.QUEUED,
+        attempt=F("attempt") + 1,
+        stage="",
+        progress={},
+        message="",
+        report=None,
+        log_tail="",
+        dispatched_at=None,
+        heartbeat_at=None,
+        worker="",
+        started=None,
+        finished=None,
+    )
+    if not reset:
+        return None
+    regrade = Regrade.objects.create(
+        submission=submission,
+        batch=batch,
+        by=by,
+        attempt=submission.attempt + 1,
+        previous_status=submission.status,
+        previous_speedup=submission.speedup,
+        previous_report=submission.report,
+        previous_finished=submission.finished,
+    )
+    stale = submission.regrades.order_by("-at", "-id").values_list("pk", flat=True)[REPORTS_KEPT:]
+    Regrade.objects.filter(pk__in=list(stale)).update(previous_report=None)
+    AuditEntry.objects.create(
+        actor=by,
+        actor_name=by.get_username(),
+        submission=submission,
+        cohort=cohort,
+        action=AuditEntry.Action.REGRADE,
+        field="attempt",
+        before=f"{submission.attempt} ({submission.status})",
+        after=f"{submission.attempt + 1} (queued)",
+        reason=reason or "Regrade requested.",
+    )
+    transaction.on_commit(lambda: tasks.dispatch(str(submission.pk)))
+    return regrade
+
+
+def regrade_submission(*, submission: Submission, by, cohort: Cohort, reason: str = "") -> Regrade:
+    """Run the same notebook through the same pipeline again. An override stays (it lives
+    beside the submission); the grader's previous report is kept on the Regrade row."""
+    with transaction.atomic():
+        current = Submission.objects.select_related("lab").get(pk=submission.pk)
+        regrade = _regrade(current, by=by, cohort=cohort, batch=None, reason=reason.strip())
+        if regrade is None:
+            raise RegradeRefused("This submission is queued or running; regrade it once it ends.")
+    return regrade
+
+
+def regrade_lab(*, cohort: Cohort, lab: Lab, by, reason: str = "") -> RegradeBatch:
+    """Regrade every finished submission of the lab by the cohort's current members."""
+    with transaction.atomic():
+        batch = RegradeBatch.objects.create(cohort=cohort, lab=lab, by=by)
+        finished = cohort.submissions().filter(lab=lab, status__in=FINAL).defer("notebook")
+        for submission in finished.select_related("lab"):
+            if _regrade(submission, by=by, cohort=cohort, batch=batch, reason=reason.strip()):
+                batch.count += 1
+        if not batch.count:
+            transaction.set_rollback(True)
+            raise RegradeRefused(f"No finished submission of {lab.title} to regrade.")
+        batch.save(update_fields=["count"])
+    return batch
+
+
+# --- Feedback ----------------------------------------------------------------------------
+
+
+def save_feedback(
+    *, submission: Submission, comment: str, by, save_as_template: bool = False
+) -> Feedback:
+    """Write (or replace) the instructor's comment. Released feedback shows the new text at
+    once: release is per submission, not per version of the comment."""
+    comment = comment.strip()
+    with transaction.atomic():
+        feedback, _ = Feedback.objects.update_or_create(
+            submission=submission, defaults={"comment": comment, "by": by, "at": timezone.now()}
+        )
+        if save_as_template and comment:
+            CommentTemplate.objects.get_or_create(
+                lab=submission.lab, text=comment, defaults={"by": by}
+            )
+    return feedback
+
+
+def release_feedback(*, submissions: SubmissionQuerySet, by, cohort: Cohort) -> int:
+    """Let the learners see the comments and overrides of these submissions. Those with
+    neither, or already released, are left alone. Returns how many were released."""
+    released = 0
+    now = timezone.now()
+    with transaction.atomic():
+        for submission in submissions.light():
+            feedback = Feedback.objects.filter(submission=submission).first()
+            if feedback is not None and feedback.released:
+                continue
+            if submission.grade_override is None and not (feedback and feedback.comment):
+                continue
+            Feedback.objects.update_or_create(
+                submission=submission,
+                defaults={"released_at": now, "released_by": by},
+                create_defaults={"by": by, "released_at": now, "released_by": by},
+            )
+            AuditEntry.objects.create(
+                actor=by,
+                actor_name=by.get_username(),
+                submission=submission,
+                cohort=cohort,
+                action=AuditEntry.Action.RELEASE,
+                field="feedback",
+                before="not released",
+                after="released",
+                reason="The learner now sees the comment and any override.",
+            )
+            released += 1
+    return released

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from labs.models import Status, Submission, Worker, WorkerSample
@@ -223,11 +223,14 @@ def retry_or_give_up(submission: Submission, *, now: datetime) -> str:
     base = Submission.objects.filter(
         pk=submission.pk, attempt=submission.attempt, status=submission.status
     )
-    if submission.attempt >= settings.SUBMISSION_MAX_ATTEMPTS:
+    # The cap counts the runs since the last regrade: each regrade starts the count again.
+    regraded_at = submission.regrades.aggregate(start=Max("attempt"))["start"] or 1
+    runs = submission.attempt - regraded_at + 1
+    if runs >= settings.SUBMISSION_MAX_ATTEMPTS:
         gave_up = base.update(
             status=Status.ERROR,
             finished=now,
-            message=f"Grading did not finish after {submission.attempt} attempts: each time, "
+            message=f"Grading did not finish after {runs} attempts: each time, "
             "the grading worker died or stopped answering before it had a result. "
             "Please tell an instructor.",
         )

@@ -80,6 +80,31 @@ urlpatterns = [
         instructor_views.override,
         name="instructor-override",
     ),
+    path(
+        "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/regrade/",
+        instructor_views.regrade,
+        name="instructor-regrade",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/feedback/",
+        instructor_views.feedback,
+        name="instructor-feedback",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/release/",
+        instructor_views.release,
+        name="instructor-release",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/labs/<slug:slug>/regrade/",
+        instructor_views.regrade_lab,
+        name="instructor-regrade-lab",
+    ),
+    path(
+        "instructor/cohorts/<int:pk>/labs/<slug:slug>/release/",
+        instructor_views.release_lab,
+        name="instructor-release-lab",
+    ),
     # The grading fleet, from the workers' heartbeats (staff only)
     path("fleet/", fleet.fleet_page, name="fleet"),
     # JSON API v1

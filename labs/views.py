@@ -58,7 +58,7 @@ def submit(request: HttpRequest, slug: str) -> HttpResponse:
 
 def submission_detail(request: HttpRequest, pk) -> HttpResponse:
     submission = get_object_or_404(
-        Submission.objects.select_related("lab__milestone__phase"), pk=pk
+        Submission.objects.select_related("lab__milestone__phase", "override", "feedback"), pk=pk
     )
     report = submission.report or {}
     ctx = {
@@ -67,6 +67,8 @@ def submission_detail(request: HttpRequest, pk) -> HttpResponse:
         "report": report,
         "has_notebook": isinstance(report.get("executed_notebook"), dict),
         "verification": make_token(submission),
+        # Comments and overrides reach the learner only once released (labs/feedback.py).
+        "feedback": submission.released_feedback,
         "environment_json": json.dumps(report.get("environment") or {}, indent=2),
     }
     if request.htmx:

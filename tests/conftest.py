@@ -73,3 +73,14 @@ def new_page(browser):
 @pytest.fixture
 def page(new_page):
     return new_page()
+
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+def save_screenshot(page, name: str, **options) -> None:
+    """Refresh docs/screenshots/<name> only when asked (`make screenshots`), so that a test
+    run does not rewrite tracked images whose content (dates, codes) changes every time."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / name), **options)

@@ -4,16 +4,14 @@ on its own when a new heartbeat arrives (htmx polling, every 5 s)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
 from labs.models import Worker, WorkerSample
 from labs.tasks import record_heartbeat
+from tests.conftest import save_screenshot
 from tests.labs.test_workers import heartbeat, silence
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 def test_the_fleet_page_renders_and_refreshes_itself(page, site):
@@ -37,7 +35,7 @@ def test_the_fleet_page_renders_and_refreshes_itself(page, site):
     assert lost.locator(".worker-status").inner_text() == "✗ lost"
     assert alive.locator("[data-utilization]").inner_text() == "97 %"
     assert alive.locator("svg.spark polyline").count() == 2  # one unbroken line each
-    page.screenshot(path=str(DOCS / "fleet.png"), full_page=True)
+    save_screenshot(page, "fleet.png", full_page=True)
 
     # The worker comes under load: its next heartbeat shows on the page without a reload.
     busy = heartbeat("gpu0@node1", running=["sub-1"]) | {"boot": first["boot"], "seq": 2}

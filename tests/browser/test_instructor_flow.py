@@ -6,7 +6,6 @@ audit entry; the gradebook then marks the override, and the learner leaves."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from django.contrib.auth.models import User
 
@@ -15,9 +14,9 @@ from labs.models import AuditEntry, Cohort, Lab, Membership, Submission
 from labs.tasks import record_report
 from runner.graders.reporting import timing_metrics
 from runner.schema import CriterionResult
+from tests.conftest import save_screenshot
 from tests.labs.conftest import report_for
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "a-long-password-for-the-browser-1"
 
 
@@ -91,7 +90,7 @@ def test_an_instructor_reviews_and_overrides_a_submission(new_page, site):
     cell.locator("text=✓ Passed").wait_for(timeout=15_000)
     assert "2 attempts" in cell.inner_text() and "1.8" in cell.inner_text()
     page.locator("text=No submission is queued or running.").wait_for()
-    page.screenshot(path=str(DOCS / "instructor-gradebook.png"), full_page=True)
+    save_screenshot(page, "instructor-gradebook.png", full_page=True)
 
     # The review: criteria, the timing plot as an image, the earlier attempt.
     cell.locator("a").click()
@@ -99,7 +98,7 @@ def test_an_instructor_reviews_and_overrides_a_submission(new_page, site):
     assert page.locator("img[alt='Plot: timing']").evaluate("img => img.naturalWidth") > 0
     assert page.locator("text=<b>not markup</b>").count() == 1  # the log, as text
     assert "status failed → passed" in page.locator("table.attempts").inner_text()
-    page.screenshot(path=str(DOCS / "instructor-review.png"))
+    save_screenshot(page, "instructor-review.png")
 
     # Override with a reason; the audit trail shows it.
     page.select_option("#id_status", "rejected")
@@ -114,7 +113,7 @@ def test_an_instructor_reviews_and_overrides_a_submission(new_page, site):
     assert "status passed → rejected" in audit.inner_text()
     assert "harness's own reference" in audit.inner_text()
     page.locator("#audit").scroll_into_view_if_needed()
-    page.screenshot(path=str(DOCS / "instructor-override.png"))
+    save_screenshot(page, "instructor-override.png")
 
     # The rejected attempt no longer counts: the cell shows the next best, and says why.
     page.click("nav.breadcrumbs >> text=Gradebook")
@@ -127,3 +126,50 @@ def test_an_instructor_reviews_and_overrides_a_submission(new_page, site):
     learner.locator("text=You left Spring 2027.").wait_for()
     page.reload()
     page.locator("text=No members yet").wait_for()
+
+
+def test_an_instructor_regrades_a_lab_and_releases_feedback(new_page, site, monkeypatch):
+    from config.celery import app
+
+    monkeypatch.setattr(app, "send_task", lambda *args, **kwargs: None)  # no broker here
+    alice = User.objects.create_user("alice", password=PASSWORD, is_staff=True)
+    cohort = Cohort.objects.create(name="Spring 2027")
+    cohort.instructors.add(alice)
+    lab = Lab.objects.create(
+        slug="softmax", title="Numerically stable softmax", summary="s", device_classes=["cpu"],
+        starter_filename="softmax.ipynb", starter_notebook="{}",
+        milestone=Milestone.objects.get(slug="advanced-optimization.milestone"),
+    )  # fmt: skip
+    key = "0123456789abcdef0123456789abcdef"
+    cohort.join(learner_key=key, display_name="Ada Lovelace")
+    submission = Submission.objects.create(lab=lab, learner_key=key, notebook="{}")
+    finish(submission, status="failed", speedup_ms=16)
+
+    page = new_page(viewport={"width": 1100, "height": 900})
+    page.goto(f"{site}/instructor/login/?next=/instructor/cohorts/{cohort.pk}/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button:text('Sign in')")
+    page.wait_for_url(f"{site}/instructor/cohorts/{cohort.pk}/")
+
+    # Regrade the lab: the progress line polls until the regrade has finished.
+    page.click("button[aria-label='Regrade all submissions of Numerically stable softmax']")
+    page.locator("#regrades >> text=0 of 1 regraded").wait_for()
+    submission.refresh_from_db()
+    assert submission.status == "queued" and submission.attempt == 2
+    finish(submission, status="passed", speedup_ms=10)
+    page.locator("#regrades >> text=1 of 1 regraded (done)").wait_for(timeout=15_000)
+
+    # The review says what changed; a comment stays hidden from the learner until released.
+    page.goto(f"{site}/instructor/cohorts/{cohort.pk}/submissions/{submission.pk}/")
+    assert "regraded: was failed" in page.locator("#regrades").inner_text()
+    page.fill("#id_comment", "Well fused; now try a single pass.")
+    page.click("button:text('Save the comment')")
+    page.wait_for_url("**#feedback")
+    learner = new_page()
+    learner.goto(f"{site}/submissions/{submission.pk}/")
+    assert learner.locator("text=From your instructor").count() == 0
+    page.click("button:text('Release to the learner')")
+    page.locator("#feedback >> text=Released").first.wait_for()
+    learner.reload()
+    learner.locator("text=Well fused; now try a single pass.").wait_for()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from curriculum.models import SlugAlias
+from tests.conftest import save_screenshot
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 STORAGE_KEY = "inference-roadmap/progress"
 
 
@@ -191,12 +190,12 @@ def test_the_pages_fit_a_phone_screen(new_page, site):
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_screenshot_of_the_roadmap_for_the_readme(new_page, site, scheme):
-    """Not an assertion of looks: it regenerates docs/screenshots/ on every run."""
+    """Not an assertion of looks: with UPDATE_SCREENSHOTS=1 (`make screenshots`) it refreshes
+    the README's screenshots in docs/screenshots/."""
     page = new_page(viewport={"width": 1200, "height": 1000}, color_scheme=scheme)
     mark_some_foundations(page, site)
     status(page, "foundations.milestone").select_option("done")
     page.goto(site)
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == ("rgb(247, 247, 245)" if scheme == "light" else "rgb(15, 17, 21)")
-    DOCS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DOCS / f"roadmap-{scheme}.png"))
+    save_screenshot(page, f"roadmap-{scheme}.png")

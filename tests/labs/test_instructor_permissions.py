@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from labs.models import AuditEntry, Cohort
+from labs.models import AuditEntry, Cohort, Feedback, Regrade, Submission
 from tests.labs.conftest import CAROL, PASSWORD, graded
 
 pytestmark = pytest.mark.django_db
@@ -24,6 +24,11 @@ POST_ACTIONS = [
     "/instructor/cohorts/{cohort}/join-code/",
     "/instructor/cohorts/{cohort}/instructors/",
     "/instructor/cohorts/{cohort}/submissions/{submission}/override/",
+    "/instructor/cohorts/{cohort}/submissions/{submission}/regrade/",
+    "/instructor/cohorts/{cohort}/submissions/{submission}/feedback/",
+    "/instructor/cohorts/{cohort}/submissions/{submission}/release/",
+    "/instructor/cohorts/{cohort}/labs/pilot/regrade/",
+    "/instructor/cohorts/{cohort}/labs/pilot/release/",
 ]
 
 
@@ -43,9 +48,11 @@ def assert_nothing_changed(cohort):
     cohort.refresh_from_db()
     assert cohort.join_code == code and cohort.members().count() == 2
     assert cohort.instructors.count() == 1 and not AuditEntry.objects.exists()
+    assert not Regrade.objects.exists() and not Feedback.objects.exists()
+    assert not Submission.objects.filter(status="queued").exists()
 
 
-OVERRIDE = {"status": "passed", "reason": "r", "username": "bob"}
+OVERRIDE = {"status": "passed", "reason": "r", "username": "bob", "comment": "c"}
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page(client, urls, cohort):

@@ -1,7 +1,7 @@
 """The submission review: criteria, timing with its interval, roofline, telemetry, flags,
 plots as images (never markup), the environment, the log escaped, the executed notebook in the
 sandboxed frame, earlier attempts with what changed; and overrides, which need a reason, are
-audited, never touch the grader's report and survive the grader recording a new report."""
+audited, never touch the grader's report and survive a regrade."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import base64
 import pytest
 
 from labs.models import AuditEntry, GradeOverride, Submission
-from labs.services import OverrideRefused, override_grade
+from labs.services import OverrideRefused, override_grade, regrade_submission
 from labs.tasks import record_report
 from runner.schema import CriterionResult
 from tests.labs.conftest import graded, report_for
@@ -178,18 +178,20 @@ def test_a_submission_still_being_graded_cannot_be_overridden(alice, lab, cohort
     assert not AuditEntry.objects.exists()
 
 
-def test_an_override_survives_the_grader_recording_a_new_report(client, alice, lab, reviewed):
-    """What a regrade will do (not built yet): the same row goes back to queued with the next
-    attempt number, and labs/tasks.py records the new report. The override stays and counts,
-    and the review says the grader's verdict changed underneath it."""
+def test_an_override_survives_a_regrade(client, alice, lab, sent, reviewed):
+    """A regrade sends the same row back to queued with the next attempt number, and
+    labs/tasks.py records the new report. The override stays and counts, and the review says
+    the grader's verdict changed underneath it."""
     submission = reviewed["submission"]
     override_grade(submission=submission, status="failed", reason="Hard-coded output.",
                    by=alice, cohort=reviewed["cohort"])  # fmt: skip
-    Submission.objects.filter(pk=submission.pk).update(status="queued", attempt=2)
+    regrade_submission(submission=submission, by=alice, cohort=reviewed["cohort"])
     submission.refresh_from_db()
+    assert submission.attempt == 2
     assert record_report(report_for(submission, status="error", message="Regraded."))
     submission.refresh_from_db()
     assert submission.status == "error" and submission.final_status == "failed"
     assert GradeOverride.objects.get().graded_status == "passed"
     body = client.get(reviewed["url"]).content.decode()
     assert "it said passed then and says error now. The override still counts" in body
+    assert "regraded: was passed (1.84×), now error" in body
