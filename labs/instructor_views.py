@@ -1,5 +1,6 @@
 """Instructor pages: cohorts and their members, the gradebook and its CSV exports, the
-submission review, overrides, regrades, and comments and their release to learners.
+analytics charts, the submission review, overrides, regrades, and comments and their
+release to learners.
 
 Every page needs a staff account that teaches the cohort: an anonymous visitor is sent to
 the login page, a signed-in account without staff status gets 403, and a staff user who does
@@ -26,6 +27,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from labs import export, services
+from labs.analytics import build_analytics
 from labs.forms import REASON_MAX, AddInstructorForm, CohortForm, FeedbackForm, OverrideForm
 from labs.gradebook import SORTS, STATUS_FILTERS, build_gradebook
 from labs.models import Cohort, Feedback, Lab, Submission
@@ -160,6 +162,13 @@ def gradebook(request: HttpRequest, pk: int) -> HttpResponse:
             return HttpResponseStopPolling(response.content)
         return response
     return render(request, "labs/instructor/gradebook.html", ctx)
+
+
+@instructor_required
+def analytics(request: HttpRequest, pk: int) -> HttpResponse:
+    cohort = _cohort(request, pk)
+    ctx = {"cohort": cohort, "analytics": build_analytics(cohort, now=timezone.now())}
+    return render(request, "labs/instructor/analytics.html", ctx)
 
 
 def _csv(body: str, filename: str) -> HttpResponse:

@@ -61,6 +61,11 @@ urlpatterns = [
         name="instructor-gradebook",
     ),
     path(
+        "instructor/cohorts/<int:pk>/analytics/",
+        instructor_views.analytics,
+        name="instructor-analytics",
+    ),
+    path(
         "instructor/cohorts/<int:pk>/gradebook.csv",
         instructor_views.gradebook_csv,
         name="instructor-gradebook-csv",
