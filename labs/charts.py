@@ -90,23 +90,26 @@ def stacked_bars(
                 )
             )
             x += w
-    legend_y = len(rows) * (ROW_H + GAP) + 4
+    top = len(rows) * (ROW_H + GAP) + 4
     legend = rows[0][1] if rows else []
+    per_row = 3  # three entries a line: six side by side do not fit their words in WIDTH
     for i, (css, word, _) in enumerate(legend):
-        lx = 10 + i * (WIDTH - 10) // max(len(legend), 1)
+        lx = 10 + (i % per_row) * (WIDTH - 10) // per_row
+        ly = top + (i // per_row) * 18
         parts.append(
             _html(
                 '<g class="seg seg-{css}"><rect x="{x}" y="{y}" width="12" height="12"/></g>'
                 '<text class="chart-legend" x="{tx}" y="{ty}">{word}</text>',
                 css=css,
                 x=lx,
-                y=legend_y,
+                y=ly,
                 tx=lx + 16,
-                ty=legend_y + 11,
+                ty=ly + 11,
                 word=word,
             )
         )
-    return _svg(height=legend_y + 20, summary=summary, body=_join(parts))
+    lines = -(-len(legend) // per_row)
+    return _svg(height=top + 18 * lines + 2, summary=summary, body=_join(parts))
 
 
 def percent_bars(bars: Sequence[tuple[str, float | None]], *, summary: str) -> SafeString:

@@ -26,7 +26,8 @@ def test_a_learner_submits_from_the_page_and_the_milestone_becomes_verified(stac
     # A wrong notebook first: a verdict with the failing criterion and its hint.
     page.locator("input[type=file]").set_input_files(str(LAB / "fixtures/naive_overflow.ipynb"))
     page.get_by_role("button", name="Submit for grading").click()
-    page.wait_for_url("**/submissions/*/")
+    # Upload, validation and dispatch: seconds on a loaded 2-core CI machine.
+    page.wait_for_url("**/submissions/*/", timeout=30_000)
     page.wait_for_selector("[data-status-word]:text('Failed')", timeout=120_000)
     assert page.locator("tr.failed").count() >= 1
     assert "Hint:" in page.locator("table.criteria").inner_text()
@@ -35,7 +36,8 @@ def test_a_learner_submits_from_the_page_and_the_milestone_becomes_verified(stac
     page.goto(f"{stack.url}/labs/softmax/")
     page.locator("input[type=file]").set_input_files(str(LAB / "reference.ipynb"))
     page.get_by_role("button", name="Submit for grading").click()
-    page.wait_for_url("**/submissions/*/")
+    # Upload, validation and dispatch: seconds on a loaded 2-core CI machine.
+    page.wait_for_url("**/submissions/*/", timeout=30_000)
     status = page.locator("[data-status-word]")
     assert status.inner_text() in ("Queued", "Running", "Passed")
     page.wait_for_selector("[data-status-word]:text('Passed')", timeout=120_000)
