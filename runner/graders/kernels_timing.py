@@ -10,19 +10,22 @@ timing", explains the checks.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runner.graders.base import GraderBroken
 from runner.graders.kernels_lab import DTYPE, make_rows, reference
-from runner.graders.reporting import roofline_report, timing_metrics
-from runner.harness.bench import BenchRejected, RowOperation, measure_pair
+from runner.graders.reporting import (
+    bench_details,
+    bench_on_device,
+    roofline_report,
+    timing_metrics,
+)
+from runner.harness.bench import BenchRejected, RowOperation
 from runner.harness.client import ServedFunction
 from runner.harness.correctness import Tally, compare_output
 from runner.measure.roofline import Workload
-from runner.measure.telemetry import TelemetrySampler
 
 if TYPE_CHECKING:
     from runner.graders.kernels import _Run
@@ -70,31 +73,16 @@ def time_on_device(
     when an output produced while timed was wrong."""
     options = run.options
     rows, hidden = options.timing_rows, options.timing_hidden
-    gpu = run.device_class == "gpu"
-    sampler = TelemetrySampler(index=run.gpu_index) if gpu else contextlib.nullcontext()
-    try:
-        with sampler:
-            result = measure_pair(
-                candidate=run.candidate,
-                baseline=baseline,
-                operation=operation(rows, hidden, options.timing_eps, options),
-                policy=options.bench,
-                rng=rng,
-                timeout_s=options.call_timeout_s,
-                baseline_broken=GraderBroken,
-            )
-    except BenchRejected as exc:
-        if exc.wrong is None:
-            raise
-        tally.add(*exc.wrong)
-        run.metrics["correctness"] = tally.to_dict(atol=options.atol, rtol=options.rtol)
+    result = bench_on_device(
+        run,
+        baseline=baseline,
+        operation=operation(rows, hidden, options.timing_eps, options),
+        rng=rng,
+        tally=tally,
+        broken=GraderBroken,
+    )
+    if result is None:
         return None
-    if gpu:
-        run.metrics["telemetry"] = sampler.summary()
-        if run.metrics["telemetry"].get("throttled"):
-            run.metrics.setdefault("flags", []).append(
-                f"GPU throttled during timing: {run.metrics['telemetry']['throttle_note']}"
-            )
     _roofline(run, result)
     metrics, plot = timing_metrics(
         candidate_ns=result.candidate.samples,
@@ -108,26 +96,12 @@ def time_on_device(
         "dtype": DTYPE,
         "eps": options.timing_eps,
         **metrics,
-        "rounds": result.rounds,
-        "stop_reason": result.stop_reason,
-        "converged": result.converged,
-        "elapsed_s": round(result.elapsed_s, 3),
-        "method": (
-            f"{result.method}. Candidate and baseline in separate processes, in alternating "
-            "blocks of calls; fresh rows of x before every call; outputs checked on random "
-            "rows; event times checked against the grader's own clock over back-to-back calls."
+        **bench_details(
+            result,
+            method="Candidate and baseline in separate processes, in alternating blocks of "
+            "calls; fresh rows of x before every call; outputs checked on random rows; event "
+            "times checked against the grader's own clock over back-to-back calls.",
         ),
-        "device": result.candidate.setup.get("device_name"),
-        "flush_bytes": result.candidate.setup.get("flush_bytes"),
-        "checks": {
-            side: {
-                k.removesuffix("_ns") + "_us": (
-                    round(v / 1e3, 3) if isinstance(v, int | float) else v
-                )
-                for k, v in values.items()
-            }
-            for side, values in result.checks.items()
-        },
     }
     run.metrics["timing"] = timing
     return timing

@@ -5,15 +5,19 @@ passes samples, labels and its workload; the wording and the rules live here onc
 from __future__ import annotations
 
 import base64
+import contextlib
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runner.harness.bench import BenchRejected, BenchResult, measure_pair
+from runner.harness.correctness import Tally
 from runner.measure.node_peaks import node_peaks
 from runner.measure.plot import timeline_svg
 from runner.measure.roofline import RooflineResult, Workload, assess, roofline_svg
 from runner.measure.stats import speedup, summarize
+from runner.measure.telemetry import TelemetrySampler
 
 
 def undecided(speedup: dict[str, Any], threshold: float | None) -> bool:
@@ -108,3 +112,62 @@ def roofline_report(
     ]
     svg = roofline_svg(peaks, points, title=title, dtypes=[dtype])
     return RooflineReport(metrics, svg_plot("roofline", svg), candidate, baseline)
+
+
+def bench_on_device(
+    run: Any, *, baseline: Any, operation: Any, rng: Any, tally: Tally, broken: type[Exception]
+) -> BenchResult | None:
+    """runner.harness.bench.measure_pair for a grader's run (its options, candidate, device
+    class and GPU), with NVML telemetry sampled throughout on a GPU and a throttled run
+    flagged in run.metrics. None, with the wrong rows added to `tally`, when an output
+    produced while timed was wrong; other rejections propagate."""
+    options = run.options
+    gpu = run.device_class == "gpu"
+    sampler: Any = TelemetrySampler(index=run.gpu_index) if gpu else contextlib.nullcontext()
+    try:
+        with sampler:
+            result = measure_pair(
+                candidate=run.candidate,
+                baseline=baseline,
+                operation=operation,
+                policy=options.bench,
+                rng=rng,
+                timeout_s=options.call_timeout_s,
+                baseline_broken=broken,
+            )
+    except BenchRejected as exc:
+        if exc.wrong is None:
+            raise
+        tally.add(*exc.wrong)
+        run.metrics["correctness"] = tally.to_dict(atol=options.atol, rtol=options.rtol)
+        return None
+    if gpu:
+        run.metrics["telemetry"] = sampler.summary()
+        if run.metrics["telemetry"].get("throttled"):
+            run.metrics.setdefault("flags", []).append(
+                f"GPU throttled during timing: {run.metrics['telemetry']['throttle_note']}"
+            )
+    return result
+
+
+def bench_details(result: BenchResult, *, method: str) -> dict[str, Any]:
+    """The keys metrics.timing gets from an in-process bench run; `method` follows the
+    bench's own description of its clock."""
+    return {
+        "rounds": result.rounds,
+        "stop_reason": result.stop_reason,
+        "converged": result.converged,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "method": f"{result.method}. {method}",
+        "device": result.candidate.setup.get("device_name"),
+        "flush_bytes": result.candidate.setup.get("flush_bytes"),
+        "checks": {
+            side: {
+                k.removesuffix("_ns") + "_us": (
+                    round(v / 1e3, 3) if isinstance(v, int | float) else v
+                )
+                for k, v in values.items()
+            }
+            for side, values in result.checks.items()
+        },
+    }

@@ -6,25 +6,28 @@ Both fill `run.metrics["timing"]` and the report's plots; docs/runner.md explain
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runner.graders.base import GraderBroken, trusted
-from runner.graders.reporting import roofline_report, timing_metrics
+from runner.graders.reporting import (
+    bench_details,
+    bench_on_device,
+    roofline_report,
+    timing_metrics,
+)
 from runner.graders.softmax_lab import (
     DTYPE,
     WrongWhileTimed,
     reference,
     timing_cpus,
 )
-from runner.harness.bench import BenchRejected, RowOperation, measure_pair
+from runner.harness.bench import BenchRejected, RowOperation
 from runner.harness.client import ServedFunction
 from runner.harness.correctness import Tally, compare_output
 from runner.measure.roofline import Workload
-from runner.measure.telemetry import TelemetrySampler
 from runner.measure.timing import Contender, time_interleaved
 
 if TYPE_CHECKING:
@@ -111,59 +114,22 @@ def time_on_device(
         reference_rows=lambda rows, _others, _indices: reference(rows),
         compare=compare,
     )
-    gpu = run.device_class == "gpu"
-    sampler = TelemetrySampler(index=run.gpu_index) if gpu else contextlib.nullcontext()
-    try:
-        with sampler:
-            result = measure_pair(
-                candidate=run.candidate,
-                baseline=baseline,
-                operation=operation,
-                policy=options.bench,
-                rng=rng,
-                timeout_s=options.call_timeout_s,
-                baseline_broken=GraderBroken,
-            )
-    except BenchRejected as exc:
-        if exc.wrong is None:
-            raise
-        tally.add(*exc.wrong)
-        run.metrics["correctness"] = tally.to_dict(atol=options.atol, rtol=options.rtol)
+    result = bench_on_device(
+        run, baseline=baseline, operation=operation, rng=rng, tally=tally, broken=GraderBroken
+    )
+    if result is None:
         return None
-    if gpu:
-        run.metrics["telemetry"] = sampler.summary()
-        if run.metrics["telemetry"].get("throttled"):
-            run.metrics.setdefault("flags", []).append(
-                f"GPU throttled during timing: {run.metrics['telemetry']['throttle_note']}"
-            )
     _roofline(run, result)
     timing = _timing_metrics(
         run, result, samples=(result.candidate.samples, result.baseline.samples)
     )
     timing.update(
-        {
-            "rounds": result.rounds,
-            "stop_reason": result.stop_reason,
-            "converged": result.converged,
-            "elapsed_s": round(result.elapsed_s, 3),
-            "method": (
-                f"{result.method}. Candidate and baseline in separate processes, in "
-                "alternating blocks of calls; fresh rows before every call; outputs "
-                "checked on random rows; event times checked against the grader's own "
-                "clock over back-to-back calls."
-            ),
-            "device": result.candidate.setup.get("device_name"),
-            "flush_bytes": result.candidate.setup.get("flush_bytes"),
-            "checks": {
-                side: {
-                    k.removesuffix("_ns") + "_us": (
-                        round(v / 1e3, 3) if isinstance(v, int | float) else v
-                    )
-                    for k, v in values.items()
-                }
-                for side, values in result.checks.items()
-            },
-        }
+        bench_details(
+            result,
+            method="Candidate and baseline in separate processes, in alternating blocks of "
+            "calls; fresh rows before every call; outputs checked on random rows; event "
+            "times checked against the grader's own clock over back-to-back calls.",
+        )
     )
     return timing
 
