@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class Entry:
     file: Path | None = None
     function: str | None = None
     trusted: str | None = None
+    # Trusted "module:function" in the child that makes `call_json` calls (serve._call_json).
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ class CallResult:
 
     arrays: list[np.ndarray] | None
     returned_type: str | None = None
+
+
+@dataclass(frozen=True)
+class JsonCall:
+    """One answered `call_json`. `answer` is None and `returned_instead` names what came back
+    when the function's answer was not JSON data."""
+
+    elapsed_ns: int
+    answer: Any = None
+    returned_instead: str | None = None
+    arrays: list[np.ndarray] = field(default_factory=list)
 
 
 class ServedFunction:
@@ -98,6 +111,8 @@ class ServedFunction:
             inside = f"{policy.job_path(jobdir)}/{entry.file.name}"
             argv += ["--file", inside, "--function", entry.function]
         argv += ["--device", device, "--threads", str(threads)]
+        if entry.adapter:
+            argv += ["--adapter", entry.adapter]
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         for fd in (self._to_child, self._from_child):
@@ -181,6 +196,25 @@ class ServedFunction:
             return elapsed, CallResult(arrays=outputs)
         if op == "bad_return":
             return elapsed, CallResult(arrays=None, returned_type=str(header.get("type"))[:100])
+        raise HarnessFailure("error", f"{self.subject} sent an unexpected {op!r} message.")
+
+    def call_json(self, request: dict[str, Any], *, timeout_s: float, doing: str) -> JsonCall:
+        """A call whose request and answer are JSON data (plus, from an adapter, arrays such
+        as a file's bytes), for labs whose functions take a model or a workload rather than
+        arrays. `doing` reads mid-sentence in messages: "profiling the model"."""
+        elapsed, reply, arrays = self._round_trip(
+            {"op": "call_json", "request": request},
+            (),
+            timeout_s=timeout_s,
+            doing=doing,
+            sending=f"the request for {doing}",
+            raised_on=f"while {doing}",
+        )
+        op = reply.get("op")
+        if op == "json_result":
+            return JsonCall(elapsed_ns=elapsed, answer=reply.get("result"), arrays=arrays)
+        if op == "bad_return":
+            return JsonCall(elapsed_ns=elapsed, returned_instead=str(reply.get("type"))[:300])
         raise HarnessFailure("error", f"{self.subject} sent an unexpected {op!r} message.")
 
     def bench(

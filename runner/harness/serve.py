@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import traceback
@@ -33,6 +34,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--function", help="the name to call in --file")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--adapter",
+        help="module:function of trusted code that calls the served function for 'call_json'",
+    )
     args = parser.parse_args(argv)
 
     proto_in, proto_out = os.dup(0), os.dup(1)  # os.dup makes them non-inheritable
@@ -58,6 +63,7 @@ def main(argv: list[str]) -> int:
 
     backend = device_timing.backend_for(args.device)
     watch = device_timing.TamperWatch()
+    adapter = _load_adapter(args.adapter)
 
     loaded = _load(args)
     if isinstance(loaded, dict):
@@ -93,6 +99,9 @@ def main(argv: list[str]) -> int:
                 continue
             send({"op": "bench", "id": call_id, "tampered": watch.changed(), **reply}, arrays_out)
             continue
+        if op == "call_json":
+            send(*_call_json(adapter, function, header, call_id, args.file, watch))
+            continue
         inputs = [torch.from_numpy(a) for a in arrays]
         if args.device == "cuda":
             inputs = [t.to("cuda") for t in inputs]
@@ -119,6 +128,52 @@ def main(argv: list[str]) -> int:
             {"op": "result", "id": call_id, "tampered": watch.changed()},
             [np.ascontiguousarray(a) for a in arrays_out],
         )
+
+
+def _load_adapter(name: str | None) -> Callable[..., Any] | None:
+    """Trusted code, imported before the learner's: it builds what the learner's function is
+    called with (a model, a workload) and turns its answer into plain JSON."""
+    if not name:
+        return None
+    module_name, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def _call_json(
+    adapter: Callable[..., Any] | None,
+    function: Callable[..., Any],
+    header: dict[str, Any],
+    call_id: Any,
+    filename: str | None,
+    watch: Any,
+) -> tuple[dict[str, Any], list[Any]]:
+    """One 'call_json' request: (the reply header with the answer in "result", arrays).
+
+    With an adapter, `adapter(function, request)` makes the call and returns the answer, or
+    (answer, list of numpy arrays) to send bytes too (a trace file); without one, the
+    request's "args" and "kwargs" are passed as they are. Either way the answer must survive
+    json.dumps (no NaN): what the trusted side gets is data, never objects.
+    """
+    request = header.get("request")
+    if not isinstance(request, dict):
+        request = {}
+    try:
+        arrays: list[Any] = []
+        if adapter is not None:
+            result = adapter(function, request)
+            if isinstance(result, tuple):
+                result, arrays = result
+        else:
+            result = function(*request.get("args", []), **request.get("kwargs", {}))
+    except BaseException as exc:  # noqa: BLE001 - the learner's code runs in there
+        return {"op": "raised", "id": call_id, **_describe(exc, filename)}, []
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        kind = f"{type(result).__name__} ({str(exc)[:MAX_MESSAGE]})"
+        return {"op": "bad_return", "id": call_id, "type": kind}, []
+    reply = {"op": "json_result", "id": call_id, "tampered": watch.changed(), "result": result}
+    return reply, arrays
 
 
 def _bench(

@@ -191,3 +191,29 @@ def _states(root: int) -> list[str]:
         except OSError:
             pass
     return states
+
+
+def test_a_json_call_passes_data_and_returns_data(policy, tmp_path):
+    source = "def plan(workload, *, scale=1):\n    return {'replicas': workload['rps'] * scale}\n"
+    with serve(policy, tmp_path, source, function="plan") as served:
+        call = served.call_json(
+            {"args": [{"rps": 21}], "kwargs": {"scale": 2}}, timeout_s=10, doing="planning"
+        )
+    assert (call.answer, call.returned_instead, call.arrays) == ({"replicas": 42}, None, [])
+
+
+def test_a_json_call_that_returns_objects_or_nan_is_named_not_fatal(policy, tmp_path):
+    source = "import math\ndef f(kind):\n    return object() if kind == 'o' else {'x': math.nan}\n"
+    with serve(policy, tmp_path, source) as served:
+        call = served.call_json({"args": ["o"]}, timeout_s=10, doing="planning")
+        assert call.answer is None and call.returned_instead.startswith("object")
+        call = served.call_json({"args": ["n"]}, timeout_s=10, doing="planning")
+        assert call.answer is None and "not JSON compliant" in call.returned_instead
+
+
+def test_a_json_call_that_raises_names_the_line(policy, tmp_path):
+    with (
+        serve(policy, tmp_path, "def f():\n    return 1 / 0\n") as served,
+        pytest.raises(HarnessFailure, match="ZeroDivisionError at line 2.*while planning"),
+    ):
+        served.call_json({}, timeout_s=10, doing="planning")
