@@ -95,7 +95,9 @@ def cases(device: str) -> list[Case]:
 # -- child: one full measurement ---------------------------------------------------------
 
 
-def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[str, Any]:
+def child_pair(
+    case: Case, device: str, seed: int, time_cap_s: float, cooldown: float = 0.0
+) -> dict[str, Any]:
     from runner.harness.bench import BenchPolicy, RowOperation, measure_pair
     from runner.harness.client import Entry, ServedFunction
     from runner.harness.correctness import compare_output
@@ -175,7 +177,11 @@ def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[st
                     baseline=base,
                     operation=operation,
                     policy=BenchPolicy(
-                        sets=case.sets, block=case.block, min_samples=30, time_cap_s=time_cap_s
+                        sets=case.sets,
+                        block=case.block,
+                        min_samples=30,
+                        time_cap_s=time_cap_s,
+                        cooldown=cooldown,
                     ),
                     rng=np.random.default_rng(seed),
                     timeout_s=120,
@@ -270,10 +276,14 @@ def main() -> int:
     parser.add_argument("--child", choices=("pair",))
     parser.add_argument("--case")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--cooldown", type=float, default=0.0, help="BenchPolicy.cooldown for our measurement"
+    )
     args = parser.parse_args()
     by_name = {c.name: c for c in cases(args.device)}
     if args.child == "pair":
-        print(json.dumps(child_pair(by_name[args.case], args.device, args.seed, args.time_cap)))
+        case = by_name[args.case]
+        print(json.dumps(child_pair(case, args.device, args.seed, args.time_cap, args.cooldown)))
         return 0
 
     from runner.environment import describe_environment
@@ -290,6 +300,7 @@ def main() -> int:
         "environment": describe_environment(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "peaks": peaks.to_dict() if peaks else {"unavailable": why},
+        "cooldown": args.cooldown,
         "cases": {},
     }
     for name in args.cases.split(","):
@@ -297,6 +308,7 @@ def main() -> int:
         runs, tools = [], []
         for repeat in range(args.repeats):
             common = ["--device", args.device, "--case", name, "--time-cap", str(args.time_cap)]
+            common += ["--cooldown", str(args.cooldown)]
             runs.append(run_child(["--child", "pair", "--seed", str(repeat + 1), *common]))
             tools.append(runs[-1].pop("tool"))
             telemetry = runs[-1].get("telemetry") or {}
@@ -334,9 +346,12 @@ def main() -> int:
             )
             summary["roofline"] = assessed.to_dict()
         results["cases"][name] = summary
-    (args.out / f"measurement-noise-{args.device}.json").write_text(json.dumps(results, indent=1))
+    stem = f"measurement-noise-{args.device}" + (
+        f"-cooldown{args.cooldown:g}" if args.cooldown else ""
+    )
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
-    (args.out / f"measurement-noise-{args.device}.md").write_text(table)
+    (args.out / f"{stem}.md").write_text(table)
     print(table)
     return 0
 

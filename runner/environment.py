@@ -112,9 +112,14 @@ def _gpu() -> dict[str, Any] | None:
     try:
         if pynvml.nvmlDeviceGetCount() == 0:
             return None
+        # GPU workers pin their GPU by UUID (runner.gpu_workers): the one the job ran on.
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-        index = int(visible) if visible.isdigit() else 0
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        if visible.startswith("GPU-"):
+            handle = pynvml.nvmlDeviceGetHandleByUUID(visible)
+            index = int(pynvml.nvmlDeviceGetIndex(handle))
+        else:
+            index = int(visible) if visible.isdigit() else 0
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         cuda = pynvml.nvmlSystemGetCudaDriverVersion()
         return {
@@ -123,6 +128,7 @@ def _gpu() -> dict[str, Any] | None:
             "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}",
             "memory_total_bytes": int(memory.total),
             "index": index,
+            "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
         }
     except Exception:  # noqa: BLE001
         return None

@@ -29,7 +29,8 @@ _DEVICE_INDEX = re.compile(r"^/dev/nvidia(\d+)$")
 
 
 def gpu_indices(devices: Sequence[str]) -> tuple[int, ...]:
-    """The GPUs a worker owns, from its RUNNER_GPU_DEVICES (/dev/nvidiaN -> N)."""
+    """The GPUs a worker owns, from its RUNNER_GPU_DEVICES (/dev/nvidiaN -> N): device-node
+    minor numbers, which need not be NVML's indices (nvml_index maps one to the other)."""
     found = []
     for device in devices:
         match = _DEVICE_INDEX.match(device)
@@ -38,9 +39,41 @@ def gpu_indices(devices: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(set(found)))
 
 
+def nvml_index(nvml: Any, minor: int) -> int:
+    """NVML's index of the GPU whose device node is /dev/nvidia<minor> (RUNNER_GPU_DEVICES
+    names device nodes; NVML numbers GPUs in PCI order, which need not match). Falls back to
+    `minor` itself when NVML cannot say."""
+    try:
+        for index in range(int(nvml.nvmlDeviceGetCount())):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            if int(nvml.nvmlDeviceGetMinorNumber(handle)) == minor:
+                return index
+    except Exception:  # noqa: BLE001 - then the usual case: minor == index
+        pass
+    return minor
+
+
+def nvml_index_of_minor(minor: int) -> int:
+    """NVML's index of /dev/nvidia<minor>, opening NVML for the question (graders use it to
+    sample the GPU they time); `minor` itself where NVML cannot be read."""
+    try:
+        import pynvml  # noqa: PLC0415 - GPU nodes only
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no NVML: the usual case, minor == index
+        return minor
+    try:
+        return nvml_index(pynvml, minor)
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
 @dataclass
 class GpuMemoryCheck:
-    """Compare each GPU's used memory with the baseline taken before this worker's first job."""
+    """Compare each GPU's used memory with the baseline taken before this worker's first job.
+    `indices` are device-node minor numbers (/dev/nvidia<N>), as RUNNER_GPU_DEVICES names
+    them; NVML is asked which of its GPUs each one is."""
 
     indices: tuple[int, ...]
     nvml: Any = None  # the pynvml module, or a fake
@@ -59,10 +92,12 @@ class GpuMemoryCheck:
         nvml.nvmlInit()
         try:
             return {
-                index: int(
-                    nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index)).used
+                minor: int(
+                    nvml.nvmlDeviceGetMemoryInfo(
+                        nvml.nvmlDeviceGetHandleByIndex(nvml_index(nvml, minor))
+                    ).used
                 )
-                for index in self.indices
+                for minor in self.indices
             }
         finally:
             with contextlib.suppress(Exception):

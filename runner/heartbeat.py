@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.gpu import nvml_index
 from runner.measure import telemetry
 
 logger = logging.getLogger(__name__)
@@ -92,20 +93,6 @@ def sandbox_summary(status: Mapping[str, Any]) -> dict[str, Any]:
         "reason": status.get("reason"),
         "warnings": list(warnings) if isinstance(warnings, list) else [],
     }
-
-
-def nvml_index(nvml: Any, minor: int) -> int:
-    """NVML's index of the GPU whose device node is /dev/nvidia<minor> (RUNNER_GPU_DEVICES
-    names device nodes; NVML numbers GPUs in PCI order, which need not match). Falls back to
-    `minor` itself when NVML cannot say."""
-    try:
-        for index in range(int(nvml.nvmlDeviceGetCount())):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            if int(nvml.nvmlDeviceGetMinorNumber(handle)) == minor:
-                return index
-    except Exception:  # noqa: BLE001 - then the usual case: minor == index
-        pass
-    return minor
 
 
 def gpu_snapshots(minors: Iterable[int], nvml: Any = None) -> tuple[list[dict], str | None]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.gpu import gpu_indices
+from runner.gpu import gpu_indices, nvml_index_of_minor
 from runner.graders.base import (
     GraderBroken,
     GradeResult,
@@ -112,7 +112,7 @@ def grade(
             device_class=device_class,
             options=options,
             candidate=candidate,
-            gpu_index=(gpu_indices(sandbox.gpu_devices) or (0,))[0],
+            gpu_index=nvml_index_of_minor((gpu_indices(sandbox.gpu_devices) or (0,))[0]),
         )
         try:
             candidate.wait_ready(timeout_s=options.load_timeout_s)

@@ -60,6 +60,11 @@ class BenchPolicy:
     # run back to back, never less.
     wall_agreement: float = 0.7
     wall_slack_ns: int = 2_000
+    # After each timed call the device idles for this multiple of the call's time (at most
+    # 0.1 s). 0 for memory-bound labs. A compute-bound kernel run back to back holds an H100
+    # at its power cap, whose clock then wanders from one process to the next
+    # (docs/benchmarks/measurement.md); idling lowers the average power below the cap.
+    cooldown: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,10 @@ class _Runner:
             probes.append(_Probe(sample, set_index, rows, first[rows].copy()))
             plan.append({"set": set_index, "rows": mutated.tolist()})
             mutations.append(values)
-        _, reply, _ = self.request(side, "bench_block", {"plan": plan}, mutations)
+        header: dict[str, Any] = {"plan": plan}
+        if self.policy.cooldown:
+            header["cooldown"] = self.policy.cooldown
+        _, reply, _ = self.request(side, "bench_block", header, mutations)
         times = [int(t) for t in reply.get("times_ns", [])]
         gaps = [int(g) for g in reply.get("gaps_ns", [])]
         if len(times) != len(plan) or len(gaps) != len(plan):

@@ -34,6 +34,7 @@ from typing import Any
 
 # Captured at import, before any learner code can replace them.
 _perf_counter_ns = time.perf_counter_ns
+_sleep = time.sleep  # the cool-down's, taken before the learner's code could replace it
 
 _MISSING = object()
 
@@ -307,8 +308,9 @@ class DeviceBench:
         index = torch.as_tensor(list(rows), dtype=torch.long, device=target.device)
         target.index_copy_(0, index, torch.tensor(values).to(target.device))
 
-    def block(self, plan: Sequence[dict], mutations: Sequence[Any]) -> dict:
-        """Time one block of samples; keep their outputs for `probe`."""
+    def block(self, plan: Sequence[dict], mutations: Sequence[Any], *, cooldown: float = 0) -> dict:
+        """Time one block of samples; keep their outputs for `probe`. With `cooldown`, the
+        device idles for that multiple of each call's time after it (BenchPolicy.cooldown)."""
         self.kept = []
         times, gaps, aliases, problems = [], [], [], []
         for step, values in zip(plan, mutations, strict=True):
@@ -316,6 +318,8 @@ class DeviceBench:
             if step.get("rows"):
                 self.mutate(set_index, step["rows"], values)
             sample = self.time_sample(set_index)
+            if cooldown > 0:
+                _sleep(min(sample.time_ns * cooldown / 1e9, 0.1))
             times.append(sample.time_ns)
             gaps.append(sample.gap_ns)
             problem = describe_outputs(sample.outputs)

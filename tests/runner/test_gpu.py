@@ -102,6 +102,29 @@ def test_an_nvml_failure_after_a_job_is_unhealthy_too():
     assert "NVML could not read GPU memory" in check.after_job()
 
 
+class NvmlWithMinors(FakeNvml):
+    """NVML's order (PCI bus) need not be the device nodes' minor numbers: here NVML's GPU 0
+    is /dev/nvidia1 and GPU 1 is /dev/nvidia0."""
+
+    minors = {0: 1, 1: 0}
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetMinorNumber(self, handle: int) -> int:
+        return self.minors[handle]
+
+
+def test_memory_is_read_from_the_gpu_whose_device_node_the_worker_owns():
+    clock = FakeClock()
+    # The worker owns /dev/nvidia1, which NVML calls GPU 0; NVML's GPU 1 is someone else's.
+    nvml = NvmlWithMinors({0: 500 * MIB, 1: 70_000 * MIB}, {0: 500 * MIB, 1: 10 * MIB})
+    check = GpuMemoryCheck(indices=(1,), nvml=nvml, clock=clock, sleep=clock.sleep, settle_s=5)
+    check.before_job()
+    assert check.baseline == {1: 500 * MIB}
+    assert check.after_job() is None
+
+
 def test_gpu_indices_come_from_the_device_nodes():
     devices = ("/dev/nvidia3", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0")
     assert gpu_indices(devices) == (0, 3)
