@@ -1,41 +1,69 @@
 #!/usr/bin/env bash
 # One visit to a GPU node: install a worker from the wheelhouse (no network needed), then run
-# the GPU tests and/or the measurement benchmark. What docs/benchmarks/gpu-measurement.md
-# records was produced by this script; docs/gpu-worker.md explains each step.
+# the steps asked for. The GPU figures under docs/ were produced by this script;
+# docs/gpu-worker.md explains each step.
 #
-#   make wheelhouse                      # here, with network: wheelhouse/ for py3.12
-#   bench/gpu_node.sh [tests|noise|all]  # there, from the repository root
+#   make wheelhouse                        # here, with network: wheelhouse/ for py3.12
+#   bench/gpu_node.sh STEP [STEP...]       # there, from the repository root
+#
+# Steps:
+#   tests   the GPU tests (pytest -m gpu): sandbox, timing cheats, every lab at GPU scale
+#   noise   bench/measurement_noise.py (REPEATS, CASES and COOLDOWN from the environment;
+#           COOLDOWN may list several values, e.g. "0 1 3", each a full study)
+#   stack   bench/gpu_stack.py: web app, web worker, one grading worker per GPU, API submissions
+#   all     tests, then noise
 #
 # PY: the node's Python with CUDA torch (default /opt/torch/.venv/bin/python); the worker is
-# installed into its virtualenv. OUT: where logs and results go (default var/gpu-node).
+# installed into its virtualenv. OUT: where results go (default var/gpu-node); everything is
+# also packed into $OUT/gpu-node.tgz, since a device call brings back only a few files.
 # .whl/, when present, holds extra wheels for the tests (pytest and its plugins).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-/opt/torch/.venv/bin/python}
 VENV=$(dirname "$(dirname "$PY")")
-OUT=${OUT:-var/gpu-node}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+FINAL_OUT=${OUT:-var/gpu-node}
+mkdir -p "$FINAL_OUT"
+OUT=$(mktemp -d /tmp/gpu-node.XXXXXX)
+export OUT PYTHONUNBUFFERED=1
+# Logs and results, without the stack's database and broker folders.
+trap 'tar czf "$FINAL_OUT/gpu-node.tgz" -C "$OUT" --exclude="./stack/run" --exclude="./cache" .' EXIT
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,power.limit \
   --format=csv | tee "$OUT/nvidia-smi.txt"
 
-# No network on purpose: the install must work air-gapped.
-if command -v unshare >/dev/null && unshare --net true 2>/dev/null; then offline="unshare --net --"; else offline=""; fi
-$offline "$PY" wheelhouse/install.py --venv "$VENV" >"$OUT/install.log" 2>&1
-echo "install: exit $?"; tail -4 "$OUT/install.log"
-if [ -d .whl ]; then "$PY" -m pip install -q --no-index --no-deps .whl/*.whl; fi
+# The install is skipped when this wheelhouse is already installed (a warm node, a second call).
+stamp="$VENV/.inference-roadmap-wheelhouse"
+if ! cmp -s wheelhouse/manifest.json "$stamp"; then
+  # No network on purpose: the install must work air-gapped.
+  if command -v unshare >/dev/null && unshare --net true 2>/dev/null; then offline="unshare --net --"; else offline=""; fi
+  start=$(date +%s)
+  $offline "$PY" wheelhouse/install.py --venv "$VENV" >"$OUT/install.log" 2>&1
+  code=$?
+  echo "install: exit $code in $(( $(date +%s) - start )) s"; tail -4 "$OUT/install.log"
+  [ $code = 0 ] && cp wheelhouse/manifest.json "$stamp"
+  if [ -d .whl ]; then "$PY" -m pip install -q --no-index --no-deps .whl/*.whl; fi
+fi
 set -a; . "$VENV/worker.env"; set +a
 export RUNNER_GPU_DEVICES=/dev/nvidia0,/dev/nvidiactl,/dev/nvidia-uvm
 export RUNNER_CACHE_DIR="$OUT/cache"
 
-what=${1:-all}
-if [ "$what" = tests ] || [ "$what" = all ]; then
-  "$PY" -m pytest -m gpu tests/runner/test_gpu_node.py -v -s -p no:cacheprovider -o addopts="" \
-    >"$OUT/gpu-tests.log" 2>&1
-  echo "gpu tests: exit $?"; grep -E "PASSED|FAILED|ERROR|SKIPPED|speedup|passed|failed" "$OUT/gpu-tests.log" | tail -30
+steps=" $* "
+[ "$steps" = "  " ] && steps=" all "
+case $steps in *" all "*) steps="$steps tests noise " ;; esac
+if [[ $steps == *" tests "* ]]; then
+  files=$(ls tests/runner/test_gpu_*.py)
+  "$PY" -m pytest -m gpu $files -v -s -p no:cacheprovider -o addopts="" >"$OUT/gpu-tests.log" 2>&1
+  echo "gpu tests: exit $?"
+  grep -E "PASSED|FAILED|ERROR|SKIPPED|speedup|passed|failed" "$OUT/gpu-tests.log" | tail -40
 fi
-if [ "$what" = noise ] || [ "$what" = all ]; then
-  "$PY" bench/measurement_noise.py --device cuda --repeats "${REPEATS:-10}" \
-    --cases "${CASES:-copy,softmax,matmul}" --out "$OUT" 2>&1 | tee "$OUT/noise.log" | tail -12
+if [[ $steps == *" noise "* ]]; then
+  for cooldown in ${COOLDOWN:-0}; do
+    "$PY" bench/measurement_noise.py --device cuda --repeats "${REPEATS:-10}" \
+      --cases "${CASES:-copy,softmax,matmul}" --cooldown "$cooldown" --out "$OUT" 2>&1 \
+      | tee "$OUT/noise-cooldown$cooldown.log" | tail -8
+  done
+fi
+if [[ $steps == *" stack "* ]]; then
+  # The stack's workers find their GPUs themselves (runner gpu-workers).
+  env -u RUNNER_GPU_DEVICES "$PY" bench/gpu_stack.py ${STACK_ARGS:-} 2>&1 | tail -40
 fi
