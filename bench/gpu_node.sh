@@ -8,8 +8,8 @@
 #
 # Steps:
 #   tests   the GPU tests (pytest -m gpu): sandbox, timing cheats, every lab at GPU scale
-#   noise   bench/measurement_noise.py (REPEATS, CASES and COOLDOWN from the environment;
-#           COOLDOWN may list several values, e.g. "0 1 3", each a full study)
+#           (PYTEST_ARGS adds to pytest's arguments, e.g. "-k kernels")
+#   noise   bench/measurement_noise.py (REPEATS and CASES from the environment)
 #   stack   bench/gpu_stack.py: web app, web worker, one grading worker per GPU, API submissions
 #   all     tests, then noise
 #
@@ -52,16 +52,14 @@ steps=" $* "
 case $steps in *" all "*) steps="$steps tests noise " ;; esac
 if [[ $steps == *" tests "* ]]; then
   files=$(ls tests/runner/test_gpu_*.py)
-  "$PY" -m pytest -m gpu $files -v -s -p no:cacheprovider -o addopts="" >"$OUT/gpu-tests.log" 2>&1
+  "$PY" -m pytest -m gpu $files -v -s -p no:cacheprovider -o addopts="" ${PYTEST_ARGS:-} \
+    >"$OUT/gpu-tests.log" 2>&1
   echo "gpu tests: exit $?"
   grep -E "PASSED|FAILED|ERROR|SKIPPED|speedup|passed|failed" "$OUT/gpu-tests.log" | tail -40
 fi
 if [[ $steps == *" noise "* ]]; then
-  for cooldown in ${COOLDOWN:-0}; do
-    "$PY" bench/measurement_noise.py --device cuda --repeats "${REPEATS:-10}" \
-      --cases "${CASES:-copy,softmax,matmul}" --cooldown "$cooldown" --out "$OUT" 2>&1 \
-      | tee "$OUT/noise-cooldown$cooldown.log" | tail -8
-  done
+  "$PY" bench/measurement_noise.py --device cuda --repeats "${REPEATS:-10}" \
+    --cases "${CASES:-copy,softmax,matmul}" --out "$OUT" 2>&1 | tee "$OUT/noise.log" | tail -8
 fi
 if [[ $steps == *" stack "* ]]; then
   # The stack's workers find their GPUs themselves (runner gpu-workers).

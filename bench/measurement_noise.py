@@ -95,9 +95,7 @@ def cases(device: str) -> list[Case]:
 # -- child: one full measurement ---------------------------------------------------------
 
 
-def child_pair(
-    case: Case, device: str, seed: int, time_cap_s: float, cooldown: float = 0.0
-) -> dict[str, Any]:
+def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[str, Any]:
     from runner.harness.bench import BenchPolicy, RowOperation, measure_pair
     from runner.harness.client import Entry, ServedFunction
     from runner.harness.correctness import compare_output
@@ -181,7 +179,6 @@ def child_pair(
                         block=case.block,
                         min_samples=30,
                         time_cap_s=time_cap_s,
-                        cooldown=cooldown,
                     ),
                     rng=np.random.default_rng(seed),
                     timeout_s=120,
@@ -276,14 +273,12 @@ def main() -> int:
     parser.add_argument("--child", choices=("pair",))
     parser.add_argument("--case")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--cooldown", type=float, default=0.0, help="BenchPolicy.cooldown for our measurement"
-    )
     args = parser.parse_args()
     by_name = {c.name: c for c in cases(args.device)}
     if args.child == "pair":
         case = by_name[args.case]
-        print(json.dumps(child_pair(case, args.device, args.seed, args.time_cap, args.cooldown)))
+        pair = child_pair(case, args.device, args.seed, args.time_cap)
+        print(json.dumps(pair))
         return 0
 
     from runner.environment import describe_environment
@@ -300,7 +295,6 @@ def main() -> int:
         "environment": describe_environment(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "peaks": peaks.to_dict() if peaks else {"unavailable": why},
-        "cooldown": args.cooldown,
         "cases": {},
     }
     for name in args.cases.split(","):
@@ -308,7 +302,6 @@ def main() -> int:
         runs, tools = [], []
         for repeat in range(args.repeats):
             common = ["--device", args.device, "--case", name, "--time-cap", str(args.time_cap)]
-            common += ["--cooldown", str(args.cooldown)]
             runs.append(run_child(["--child", "pair", "--seed", str(repeat + 1), *common]))
             tools.append(runs[-1].pop("tool"))
             telemetry = runs[-1].get("telemetry") or {}
@@ -346,9 +339,7 @@ def main() -> int:
             )
             summary["roofline"] = assessed.to_dict()
         results["cases"][name] = summary
-    stem = f"measurement-noise-{args.device}" + (
-        f"-cooldown{args.cooldown:g}" if args.cooldown else ""
-    )
+    stem = f"measurement-noise-{args.device}"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
     (args.out / f"{stem}.md").write_text(table)

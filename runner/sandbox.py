@@ -276,6 +276,11 @@ class SandboxPolicy:
         environment = {
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
             "HOME": self.job_path(jobdir),
+            # The sandbox's uid has no /etc/passwd entry; getpass.getuser() reads these first
+            # (torch.compile names its cache folder after the user, and fails without one).
+            "USER": "learner",
+            "LOGNAME": "learner",
+            "TORCHINDUCTOR_CACHE_DIR": f"{self.job_path(jobdir)}/.cache/torchinductor",
             "LANG": "C.UTF-8",
             "PYTHONPATH": self.code_root(),
             "PYTHONDONTWRITEBYTECODE": "1",

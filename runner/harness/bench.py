@@ -47,7 +47,8 @@ class BenchPolicy:
     time_cap_s: float = 5.0
     mutate_rows: int = 2  # rows overwritten before each call
     random_probe_rows: int = 2  # rows checked per call besides the overwritten ones
-    flush_bytes: int | None = None  # None: the backend's default (2x L2 on a GPU, 0 on CPU)
+    # None: the backend's default (2x L2 and at least 256 MiB on a GPU, 0 on CPU)
+    flush_bytes: int | None = None
     calibration_calls: int = 20
     wall_target_s: float = 0.05  # how long each wall-clock block should take
     wall_repeats: int = 3
@@ -60,11 +61,6 @@ class BenchPolicy:
     # run back to back, never less.
     wall_agreement: float = 0.7
     wall_slack_ns: int = 2_000
-    # After each timed call the device idles for this multiple of the call's time (at most
-    # 0.1 s). 0 for memory-bound labs. A compute-bound kernel run back to back holds an H100
-    # at its power cap, whose clock then wanders from one process to the next
-    # (docs/benchmarks/measurement.md); idling lowers the average power below the cap.
-    cooldown: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -267,10 +263,7 @@ class _Runner:
             probes.append(_Probe(sample, set_index, rows, first[rows].copy()))
             plan.append({"set": set_index, "rows": mutated.tolist()})
             mutations.append(values)
-        header: dict[str, Any] = {"plan": plan}
-        if self.policy.cooldown:
-            header["cooldown"] = self.policy.cooldown
-        _, reply, _ = self.request(side, "bench_block", header, mutations)
+        _, reply, _ = self.request(side, "bench_block", {"plan": plan}, mutations)
         times = [int(t) for t in reply.get("times_ns", [])]
         gaps = [int(g) for g in reply.get("gaps_ns", [])]
         if len(times) != len(plan) or len(gaps) != len(plan):

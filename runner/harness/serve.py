@@ -190,7 +190,7 @@ def _bench(
     if op == "bench_calibrate":
         return bench.calibrate(int(header["count"])), []
     if op == "bench_block":
-        return bench.block(header["plan"], arrays, cooldown=float(header.get("cooldown") or 0)), []
+        return bench.block(header["plan"], arrays), []
     if op == "bench_probe":
         return {}, bench.probe(header["outputs"], header["inputs"])
     if op == "bench_wall":

@@ -174,6 +174,20 @@ def test_a_root_worker_runs_sandboxes_as_an_unprivileged_host_user(policy, tmp_p
     assert host_uids == {policy.uid}
 
 
+def test_code_that_asks_for_its_user_name_gets_one(policy, tmp_path):
+    # The sandbox's uid has no passwd entry; torch.compile (and much else) calls
+    # getpass.getuser() and raised KeyError inside the sandbox before USER was set.
+    code = "import getpass, os; print(getpass.getuser(), os.environ['TORCHINDUCTOR_CACHE_DIR'])"
+    process = policy.spawn(
+        [sys.executable, "-c", code], jobdir=tmp_path, limits=LIMITS, stdout=subprocess.PIPE
+    )
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    user, cache = out.decode().split()
+    assert user == "learner"
+    assert cache.startswith(policy.job_path(tmp_path))
+
+
 def test_a_root_worker_defaults_to_nobody_and_a_normal_one_to_itself():
     from runner.sandbox import DEFAULT_SANDBOX_UID
 
