@@ -63,5 +63,6 @@ if [[ $steps == *" noise "* ]]; then
 fi
 if [[ $steps == *" stack "* ]]; then
   # The stack's workers find their GPUs themselves (runner gpu-workers).
-  env -u RUNNER_GPU_DEVICES "$PY" bench/gpu_stack.py ${STACK_ARGS:-} 2>&1 | tail -40
+  env -u RUNNER_GPU_DEVICES timeout "${STACK_TIMEOUT:-3600}" "$PY" bench/gpu_stack.py \
+    ${STACK_ARGS:-} 2>&1 | tail -40
 fi

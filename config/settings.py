@@ -139,6 +139,9 @@ BROKER_DIR = Path(env_str("BROKER_DIR", str(VAR_DIR / "broker")))
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport, publishing atomically (runner/filesystem_broker.py: a
+    # reader could see a message file before its writer had filled it).
+    CELERY_BROKER_TRANSPORT = "runner.filesystem_broker:AtomicFilesystemTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
@@ -196,6 +199,34 @@ CELERY_BEAT_SCHEDULE["sweep-submissions"] = {
 # A worker silent this long (its heartbeats come every RUNNER_HEARTBEAT_S, 15 s by default)
 # that did not say it was stopping is lost: the sweeper re-queues the jobs it was running.
 WORKER_LOST_AFTER_S = env_int("WORKER_LOST_AFTER_S", 60)
+# Fleet alerts (labs/alerts.py): which rules run, their thresholds, where they are sent.
+FLEET_ALERT_RULES = env_list(
+    "FLEET_ALERT_RULES",
+    ["gpu-idle", "queue-wait", "worker-lost", "gpu-unhealthy", "gpu-throttled"],
+)
+FLEET_ALERT_IDLE_BELOW_PCT = env_int("FLEET_ALERT_IDLE_BELOW_PCT", 10)
+FLEET_ALERT_IDLE_MINUTES = env_int("FLEET_ALERT_IDLE_MINUTES", 15)
+# Also alert on a GPU idle with nothing queued (it still costs money); off: quiet nights.
+FLEET_ALERT_IDLE_ALWAYS = env_bool("FLEET_ALERT_IDLE_ALWAYS", False)
+FLEET_ALERT_QUEUE_WAIT_S = env_int("FLEET_ALERT_QUEUE_WAIT_S", 600)
+FLEET_ALERT_THROTTLE_MINUTES = env_int("FLEET_ALERT_THROTTLE_MINUTES", 2)
+FLEET_ALERT_WEBHOOK_URL = env_str("FLEET_ALERT_WEBHOOK_URL", "")
+FLEET_ALERT_WEBHOOK_TIMEOUT_S = env_int("FLEET_ALERT_WEBHOOK_TIMEOUT_S", 5)
+FLEET_ALERT_EMAILS = env_list("FLEET_ALERT_EMAILS", [])
+FLEET_ALERT_INTERVAL_S = env_int("FLEET_ALERT_INTERVAL_S", 60)
+CELERY_BEAT_SCHEDULE["evaluate-fleet-alerts"] = {
+    "task": "labs.evaluate_fleet_alerts",
+    "schedule": FLEET_ALERT_INTERVAL_S,
+    "options": {"queue": "web", "expires": FLEET_ALERT_INTERVAL_S},
+}
+# Outgoing mail (fleet alerts): an SMTP server, or nothing is sent.
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "inference-roadmap@localhost")
 # Verification tokens (a passed lab marks its milestone verified in the browser).
 VERIFICATION_SALT = "inference-roadmap.milestone-verified"
 # Set for a local worker that runs learner code without bubblewrap (a single-user laptop

@@ -38,6 +38,8 @@ def sync_labs(specs: list[dict[str, Any]]) -> dict[str, int]:
                 "milestone": resolve_milestone(spec["milestone"]),
                 "device_classes": spec["device_classes"],
                 "criteria": spec["criteria"],
+                # Optional in lab.toml: a lab without [[rubric]] is graded by measurement alone.
+                "rubric": spec.get("rubric", []),
                 "limits": spec["limits"],
                 "starter_filename": spec["starter"],
                 "starter_notebook": spec["starter_notebook"],

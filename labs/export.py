@@ -8,6 +8,11 @@ exception text) is guarded against formula injection: a spreadsheet would run a 
 starts with = + - @ (or a tab or carriage return) as a formula, so such text gets a leading
 apostrophe, which spreadsheets show as text. Numbers are written as numbers.
 
+A lab with a rubric gets more columns, after its others: `<lab>_rubric_points` (the best
+attempt's rubric total; empty: not scored) and `<lab>_rubric_max` in the gradebook, and
+`rubric_points`, `rubric_max` and per item `rubric_<item>_points` and `rubric_<item>_comment`
+in its submissions file. A lab without a rubric keeps exactly the columns it had.
+
 The learner column is the first 8 hex digits of the learner key, never the whole key: the
 key is the learner's only credential (it submits and reads their work), and a CSV travels
 by e-mail and into other systems. Eight digits tell learners with the same display name apart.
@@ -24,10 +29,12 @@ from django.urls import reverse
 
 from labs.gradebook import NOT_STARTED, Gradebook
 from labs.models import Cohort, Lab, Submission
+from labs.rubric import RubricScore, rubric_total
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "＝", "＋", "－", "＠")
 GRADEBOOK_FIXED = ["learner", "display_name", "joined", "labs_passed"]
 LAB_COLUMNS = ["status", "best_speedup", "attempts", "override"]
+RUBRIC_COLUMNS = ["rubric_points", "rubric_max"]
 DETAIL_COLUMNS = [
     "submission_id",
     "learner",
@@ -79,8 +86,12 @@ def to_csv(header: list[str], rows: Iterable[list[Any]]) -> str:
     return out.getvalue()
 
 
+def _lab_columns(lab: Lab) -> list[str]:
+    return LAB_COLUMNS + (RUBRIC_COLUMNS if lab.rubric else [])
+
+
 def gradebook_header(labs: list[Lab]) -> list[str]:
-    return GRADEBOOK_FIXED + [f"{lab.slug}_{what}" for lab in labs for what in LAB_COLUMNS]
+    return GRADEBOOK_FIXED + [f"{lab.slug}_{what}" for lab in labs for what in _lab_columns(lab)]
 
 
 def gradebook_csv(gradebook: Gradebook) -> str:
@@ -103,6 +114,8 @@ def gradebook_csv(gradebook: Gradebook) -> str:
                 len(cell.attempts),
                 override.graded_status if override else "",
             ]
+            if cell.lab.rubric:
+                values += [cell.rubric.points if cell.rubric else None, cell.lab.rubric_max]
         return values
 
     return to_csv(gradebook_header(gradebook.labs), map(row, gradebook.rows))
@@ -114,6 +127,20 @@ def lab_detail_csv(cohort: Cohort, lab: Lab, *, base_url: str) -> str:
     submissions = (
         cohort.submissions().filter(lab=lab).select_related("override").order_by("created")
     )
+
+    items = [item["name"] for item in lab.rubric]
+    scores: dict = {}
+    for score in RubricScore.objects.filter(submission__in=submissions, item__in=items):
+        scores.setdefault(score.submission_id, {})[score.item] = score
+
+    def rubric_values(s: Submission) -> list[Any]:
+        mine = scores.get(s.pk, {})
+        total = rubric_total(lab, {name: score.points for name, score in mine.items()})
+        values: list[Any] = [total.points if total else None, lab.rubric_max]
+        for name in items:
+            score = mine.get(name)
+            values += [score.points if score else None, score.comment if score else ""]
+        return values
 
     def row(s: Submission) -> list[Any]:
         override = s.grade_override
@@ -139,6 +166,13 @@ def lab_detail_csv(cohort: Cohort, lab: Lab, *, base_url: str) -> str:
             "; ".join(s.flags),
             s.message,
             base_url + reverse("instructor-review", args=[cohort.pk, s.pk]),
+            *(rubric_values(s) if items else []),
         ]
 
-    return to_csv(DETAIL_COLUMNS, map(row, submissions))
+    header = DETAIL_COLUMNS + (detail_rubric_columns(items) if items else [])
+    return to_csv(header, map(row, submissions))
+
+
+def detail_rubric_columns(items: list[str]) -> list[str]:
+    per_item = [f"rubric_{name}_{what}" for name in items for what in ("points", "comment")]
+    return RUBRIC_COLUMNS + per_item

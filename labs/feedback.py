@@ -4,8 +4,9 @@ Feedback is a comment and a release mark. Until it is released the learner's res
 exactly the grader's; once released the learner sees the comment and, where there is one,
 the override (status and reason). The verified token follows the same rule
 (Submission.learner_status): an override counts for the roadmap once the learner can read
-why. Comments that instructors reuse are kept per lab (CommentTemplate). Imported by
-labs/models.py, which registers them.
+why. Comments that instructors reuse are kept per lab (CommentTemplate). Rubric points and
+their comments (labs/rubric.py) follow the same release mark. Imported by labs/models.py,
+which registers them.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class Feedback(models.Model):
 
 
 class CommentTemplate(models.Model):
-    """A comment an instructor saved to reuse on other submissions of the same lab."""
+    """A comment an instructor saved to reuse on other submissions of the same lab: for the
+    feedback comment (`rubric_item` empty) or for one rubric item (labs/rubric.py)."""
 
     lab = models.ForeignKey("labs.Lab", on_delete=models.CASCADE, related_name="comment_templates")
+    rubric_item = models.CharField(max_length=32, blank=True, default="")
     text = models.TextField()
     by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"

@@ -4,6 +4,9 @@ workers' heartbeats (labs/workers.py). The page polls its own fragment every POL
 Sparklines are inline SVG built here from WorkerSample rows (numbers only, no JavaScript).
 GPU-hours are the summed sample intervals of GPUs while their worker ran a job; idle is the
 rest of the observed GPU time (a GPU whose worker is lost or stopped is not observed).
+Costs come from the prices per GPU-hour staff set here (labs/fleet_costs.py, which defines
+each figure); alerts are evaluated by a beat task and only shown here (labs/alerts.py).
+The price forms sit outside the polled fragment, so that a poll never wipes what is typed.
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.db.models import Count, Min, Q, Sum
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from labs.alerts import FleetAlert, alert_settings_summary
+from labs.fleet_costs import GpuPriceForm, costs_context, prices_context, save_price
 from labs.models import ACTIVE, Lab, Status, Submission, Worker, WorkerSample
 from labs.workers import lost_after
 
@@ -51,10 +57,47 @@ def fleet_page(request: HttpRequest) -> HttpResponse:
             return HttpResponseStopPolling(SIGNED_OUT)
         # As staff_member_required does: the admin login, which refuses non-staff accounts.
         return redirect_to_login(request.get_full_path(), reverse("admin:login"))
-    context = fleet_context(now=timezone.now())
+    now = timezone.now()
     if request.htmx:
-        return render(request, "labs/fleet.html#fleet", context)
-    return render(request, "labs/fleet.html", context)
+        return render(request, "labs/fleet.html#fleet", fleet_context(now=now))
+    return render(request, "labs/fleet.html", fleet_context(now=now) | prices_context(now=now))
+
+
+@require_POST
+def fleet_price(request: HttpRequest) -> HttpResponse:
+    """Set the price of one GPU-hour of a GPU model (staff only)."""
+    if not (request.user.is_active and request.user.is_staff):
+        return HttpResponseForbidden("Only staff accounts may set GPU prices.")
+    now = timezone.now()
+    form = GpuPriceForm(request.POST)
+    saved = form.is_valid()
+    if saved:
+        price = save_price(
+            gpu_model=form.cleaned_data["gpu_model"],
+            usd_per_hour=form.cleaned_data["usd_per_hour"],
+            by=request.user,
+            now=now,
+        )
+        note = f"Saved: {price.gpu_model} at ${price.usd_per_hour.normalize():f} per GPU-hour."
+    else:
+        problems = [f"{name.replace('_', ' ')}: {' '.join(e)}" for name, e in form.errors.items()]
+        note = "Not saved: " + "; ".join(problems)
+    if request.htmx:
+        # 200 either way: htmx swaps no 4xx response, and the note says what happened.
+        response = render(
+            request,
+            "labs/fleet.html#prices",
+            prices_context(now=now) | {"price_note": note, "price_saved": saved},
+        )
+        if saved:
+            response["HX-Trigger"] = "fleet-prices-changed"  # the polled figures refresh now
+        return response
+    if saved:
+        messages.success(request, note)
+        return redirect("fleet")
+    context = fleet_context(now=now) | prices_context(now=now)
+    context |= {"price_note": note, "price_saved": False}
+    return render(request, "labs/fleet.html", context, status=400)
 
 
 def fleet_context(*, now: datetime) -> dict[str, Any]:
@@ -81,6 +124,12 @@ def fleet_context(*, now: datetime) -> dict[str, Any]:
         .count(),
         "gpu_hours": day["busy"] / 3600,
         "idle_pct": None if not day["total"] else round(100 * (1 - day["busy"] / day["total"])),
+        "costs": costs_context(now=now),
+        "active_alerts": list(FleetAlert.objects.filter(resolved_at=None)),
+        "resolved_alerts": list(
+            FleetAlert.objects.filter(resolved_at__gte=now - DAY).order_by("-resolved_at")[:10]
+        ),
+        "alert_settings": alert_settings_summary(),
     }
 
 

@@ -133,7 +133,9 @@ class FeedbackForm(forms.Form):
         feedback = Feedback.objects.filter(submission=submission).first()
         kwargs.setdefault("initial", {"comment": feedback.comment if feedback else ""})
         super().__init__(*args, **kwargs)
-        self.fields["template"].queryset = CommentTemplate.objects.filter(lab=submission.lab_id)
+        self.fields["template"].queryset = CommentTemplate.objects.filter(
+            lab=submission.lab_id, rubric_item=""
+        )
 
     def clean(self):
         data = super().clean()
@@ -143,5 +145,61 @@ class FeedbackForm(forms.Form):
             comment = f"{comment}\n\n{template.text}" if comment else template.text
         if len(comment) > COMMENT_MAX:
             raise forms.ValidationError(f"Keep the comment to {COMMENT_MAX:,} characters.")
+        data["comment"] = comment
+        return data
+
+
+class RubricScoreForm(forms.Form):
+    """Points (0 to the item's maximum) and a comment for one rubric item; a saved comment of
+    the item, chosen, is added to the comment. Empty points and comment remove the score.
+    Prefixed with the item's name, so the review page can hold one per item."""
+
+    points = forms.IntegerField(label="Points", required=False)
+    comment = forms.CharField(
+        label="Comment for the learner", max_length=COMMENT_MAX, required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )  # fmt: skip
+    template = forms.ModelChoiceField(
+        label="Add a saved comment", queryset=CommentTemplate.objects.none(), required=False,
+        empty_label="(none)",
+    )  # fmt: skip
+    save_as_template = forms.BooleanField(
+        label="Save this comment for this item on other submissions", required=False
+    )
+
+    def __init__(self, *args, item: dict, submission, score=None, **kwargs) -> None:
+        kwargs.setdefault("prefix", item["name"])
+        kwargs.setdefault(
+            "initial",
+            {"points": score.points if score else None, "comment": score.comment if score else ""},
+        )
+        super().__init__(*args, **kwargs)
+        self.item = item
+        self.maximum = int(item["points"])
+        self.fields["points"].error_messages["invalid"] = (
+            f"Enter the points as a whole number from 0 to {self.maximum}."
+        )
+        self.fields["template"].queryset = CommentTemplate.objects.filter(
+            lab=submission.lab_id, rubric_item=item["name"]
+        )
+
+    def clean_points(self) -> int | None:
+        points = self.cleaned_data["points"]
+        if points is not None and not 0 <= points <= self.maximum:
+            raise forms.ValidationError(
+                f"Give between 0 and {self.maximum} points for “{self.item['title']}”."
+            )
+        return points
+
+    def clean(self):
+        data = super().clean()
+        template = data.get("template")
+        comment = (data.get("comment") or "").strip()
+        if template is not None:
+            comment = f"{comment}\n\n{template.text}" if comment else template.text
+        if len(comment) > COMMENT_MAX:
+            raise forms.ValidationError(f"Keep the comment to {COMMENT_MAX:,} characters.")
+        if "points" in data and data["points"] is None and comment:
+            self.add_error("points", f"Give points (0 to {self.maximum}) with the comment.")
         data["comment"] = comment
         return data

@@ -1,8 +1,10 @@
 """A cohort's gradebook: its current members x the active labs, the best attempt per cell.
 
-It reads across Membership, Submission, GradeOverride and Lab, so it lives in its own module
-(the ranking itself is Submission.rank). The page, its live fragment and the CSV export all
-build it here, so what an instructor sees and what they download always agree.
+It reads across Membership, Submission, GradeOverride, RubricScore and Lab, so it lives in its
+own module (the ranking itself is Submission.rank). A cell of a lab with a rubric carries the
+rubric total of its best attempt, where an instructor scored it. The page, its live fragment
+and the CSV export all build it here, so what an instructor sees and what they download always
+agree.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from labs.models import ACTIVE, Cohort, Lab, Membership, Status, Submission
+from labs.rubric import RubricTotal, rubric_total, scores_by_submission
 
 NOT_STARTED = "none"
 IN_PROGRESS = "active"
@@ -41,6 +44,8 @@ SORTS = [("name", "Name"), ("passed", "Labs passed")]
 class Cell:
     lab: Lab
     attempts: list[Submission] = field(default_factory=list)
+    # The best attempt's rubric total (None: the lab has no rubric, or nothing is scored).
+    rubric: RubricTotal | None = None
 
     @cached_property
     def best(self) -> Submission | None:
@@ -122,5 +127,14 @@ def build_gradebook(
     rows.sort(key=lambda row: (row.member.display_name.casefold(), row.member.learner_id))
     if sort == "passed":
         rows.sort(key=lambda row: row.passed, reverse=True)  # stable: ties stay by name
+    _add_rubric_totals(rows)
     active = cohort.submissions().filter(lab__active=True).active().exists()
     return Gradebook(cohort=cohort, labs=labs, rows=rows, active=active)
+
+
+def _add_rubric_totals(rows: list[Row]) -> None:
+    """Each cell of a lab with a rubric gets its best attempt's total (one query for all)."""
+    cells = [cell for row in rows for cell in row.cells if cell.lab.rubric and cell.best]
+    scores = scores_by_submission(cell.best for cell in cells)
+    for cell in cells:
+        cell.rubric = rubric_total(cell.lab, scores.get(cell.best.pk, {}))

@@ -12,8 +12,9 @@ so a duplicate or stale message changes nothing.
 A Cohort (labs/cohorts.py) groups learners, by learner key, under instructors (staff
 users). An instructor's GradeOverride lives beside the submission, never inside its report:
 recording a report (a first grade or a regrade) only writes Submission's own columns, so an
-override survives it. Every override, regrade and release of feedback is an AuditEntry.
-Regrades are in labs/regrades.py, instructor comments and their release in labs/feedback.py.
+override survives it. Every override, regrade, release of feedback, rubric score and edit of
+a released comment is an AuditEntry. Regrades are in labs/regrades.py, instructor comments and
+their release in labs/feedback.py, rubric scores in labs/rubric.py.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Lab(models.Model):
     # Criteria and limits exactly as the lab spec states them (for the lab page's table).
     criteria = models.JSONField(default=list)
     limits = models.JSONField(default=dict)
+    # Items an instructor scores by hand ([[rubric]] in lab.toml): name, title, points (the
+    # maximum), description, answer_tag. Empty: graded by measurement alone.
+    rubric = models.JSONField(default=list, blank=True)
     starter_filename = models.CharField(max_length=200)
     starter_notebook = models.TextField(help_text="The learner notebook, served for download.")
     position = models.PositiveSmallIntegerField(default=0)
@@ -67,6 +71,13 @@ class Lab(models.Model):
             if threshold is not None:
                 rows.append(criterion | {"threshold": threshold})
         return rows
+
+    def rubric_item(self, name: str) -> dict | None:
+        return next((item for item in self.rubric if item.get("name") == name), None)
+
+    @property
+    def rubric_max(self) -> int:
+        return sum(int(item.get("points") or 0) for item in self.rubric)
 
 
 class Status(models.TextChoices):
@@ -336,6 +347,10 @@ class AuditEntry(models.Model):
         REMOVE = "remove", "Override removed"
         REGRADE = "regrade", "Regrade"
         RELEASE = "release", "Feedback released"
+        # A comment changed after the learner could read it (labs/services.save_feedback).
+        COMMENT = "comment", "Released comment edited"
+        RUBRIC = "rubric", "Rubric score"
+        RUBRIC_COMMENT = "rubric-comment", "Rubric comment"
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -350,8 +365,9 @@ class AuditEntry(models.Model):
     )
     action = models.CharField(max_length=16, choices=Action.choices)
     field = models.CharField(max_length=32)
-    before = models.CharField(max_length=200)
-    after = models.CharField(max_length=200)
+    # Text, not a short column: an edited comment is kept whole on both sides.
+    before = models.TextField()
+    after = models.TextField()
     reason = models.TextField()
 
     class Meta:
@@ -387,8 +403,13 @@ __all__ = [
     "normalise_join_code",
 ]
 
-# Instructor feedback (labs/feedback.py), regrades (labs/regrades.py), grading workers and
-# their heartbeats (labs/workers.py).
+# Instructor feedback (labs/feedback.py), regrades (labs/regrades.py), rubric scores
+# (labs/rubric.py), grading workers and their heartbeats (labs/workers.py), the fleet's
+# alerts (labs/alerts.py) and prices per GPU-hour (labs/fleet_costs.py).
+from labs.alerts import FleetAlert  # noqa: E402,F401
+from labs.artifacts import SubmissionArtifact  # noqa: E402,F401  files to download (traces)
 from labs.feedback import CommentTemplate, Feedback  # noqa: E402,F401
+from labs.fleet_costs import GpuPrice  # noqa: E402,F401
 from labs.regrades import Regrade, RegradeBatch  # noqa: E402,F401
+from labs.rubric import RubricScore  # noqa: E402,F401
 from labs.workers import Worker, WorkerSample  # noqa: E402,F401

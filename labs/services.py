@@ -1,6 +1,8 @@
 """Workflows that span models (STYLE.md: services only for those): submitting a lab; an
 instructor overriding a grade, regrading, and writing and releasing feedback.
 
+Rubric scores have their own workflow in labs/rubric.py (score_rubric_item).
+
 Every refusal is a SubmissionRefused carrying the HTTP status and a message written for the
 learner; nothing is stored or queued when a submission is refused. An override or a regrade
 refused is an OverrideRefused or a RegradeRefused with a message for the instructor; nothing
@@ -29,6 +31,7 @@ from labs.models import (
     Lab,
     Regrade,
     RegradeBatch,
+    RubricScore,
     Status,
     Submission,
     SubmissionQuerySet,
@@ -305,33 +308,60 @@ def regrade_lab(*, cohort: Cohort, lab: Lab, by, reason: str = "") -> RegradeBat
 
 
 def save_feedback(
-    *, submission: Submission, comment: str, by, save_as_template: bool = False
+    *,
+    submission: Submission,
+    comment: str,
+    by,
+    save_as_template: bool = False,
+    cohort: Cohort | None = None,
 ) -> Feedback:
     """Write (or replace) the instructor's comment. Released feedback shows the new text at
-    once: release is per submission, not per version of the comment."""
+    once: release is per submission, not per version of the comment, so changing a comment the
+    learner could already read is an audit entry with the text before and after."""
     comment = comment.strip()
     with transaction.atomic():
+        previous = Feedback.objects.select_for_update().filter(submission=submission).first()
         feedback, _ = Feedback.objects.update_or_create(
             submission=submission, defaults={"comment": comment, "by": by, "at": timezone.now()}
         )
+        if previous is not None and previous.released and previous.comment != comment:
+            AuditEntry.objects.create(
+                actor=by,
+                actor_name=by.get_username(),
+                submission=submission,
+                cohort=cohort,
+                action=AuditEntry.Action.COMMENT,
+                field="comment",
+                before=previous.comment or "(none)",
+                after=comment or "(none)",
+                reason="Edited after release: the learner sees the new text.",
+            )
         if save_as_template and comment:
             CommentTemplate.objects.get_or_create(
-                lab=submission.lab, text=comment, defaults={"by": by}
+                lab=submission.lab, rubric_item="", text=comment, defaults={"by": by}
             )
     return feedback
 
 
 def release_feedback(*, submissions: SubmissionQuerySet, by, cohort: Cohort) -> int:
-    """Let the learners see the comments and overrides of these submissions. Those with
-    neither, or already released, are left alone. Returns how many were released."""
+    """Let the learners see the comments, rubric scores and overrides of these submissions.
+    Those with none of them, or already released, are left alone. Returns how many were
+    released."""
     released = 0
     now = timezone.now()
     with transaction.atomic():
+        scored = set(
+            RubricScore.objects.filter(submission__in=submissions).values_list(
+                "submission_id", flat=True
+            )
+        )
         for submission in submissions.light():
             feedback = Feedback.objects.filter(submission=submission).first()
             if feedback is not None and feedback.released:
                 continue
-            if submission.grade_override is None and not (feedback and feedback.comment):
+            has_comment = feedback is not None and bool(feedback.comment)
+            overridden = submission.grade_override is not None
+            if not (overridden or has_comment or submission.pk in scored):
                 continue
             Feedback.objects.update_or_create(
                 submission=submission,
@@ -347,7 +377,7 @@ def release_feedback(*, submissions: SubmissionQuerySet, by, cohort: Cohort) -> 
                 field="feedback",
                 before="not released",
                 after="released",
-                reason="The learner now sees the comment and any override.",
+                reason="The learner now sees the comment, rubric scores and any override.",
             )
             released += 1
     return released

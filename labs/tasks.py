@@ -18,9 +18,12 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from labs.alerts import evaluate_alerts
+from labs.artifacts import record_artifacts, split_artifacts
 from labs.models import Status, Submission, Worker, WorkerSample
 from labs.workers import SAMPLES_KEPT, WORKER_NAME, clean_heartbeat
 from runner import broker as runner_broker
@@ -163,18 +166,23 @@ def record_report(report: dict) -> bool:
     except ValueError as exc:
         log.error("dropping a malformed report: %s", exc)
         return False
-    updated = Submission.objects.filter(
-        pk=report["submission_id"],
-        attempt=report["attempt"],
-        status__in=[Status.QUEUED, Status.RUNNING],
-    ).update(
-        status=report["status"],
-        message=report["message"][:2000],
-        report=report,
-        log_tail=str(report.get("log_tail") or "")[-8000:],
-        stage="done",
-        finished=timezone.now(),
-    )
+    # Files to download (a trace) are kept as rows beside the submission, not in its report.
+    report, artifacts = split_artifacts(report)
+    with transaction.atomic():
+        updated = Submission.objects.filter(
+            pk=report["submission_id"],
+            attempt=report["attempt"],
+            status__in=[Status.QUEUED, Status.RUNNING],
+        ).update(
+            status=report["status"],
+            message=report["message"][:2000],
+            report=report,
+            log_tail=str(report.get("log_tail") or "")[-8000:],
+            stage="done",
+            finished=timezone.now(),
+        )
+        if updated:
+            record_artifacts(submission_id=report["submission_id"], artifacts=artifacts)
     if updated:
         log.info(
             "recorded %s for %s (attempt %s)",
@@ -294,3 +302,13 @@ def sweep_submissions() -> dict[str, int]:
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts
+
+
+# --- Fleet alerts ------------------------------------------------------------------------
+
+
+@shared_task(name="labs.evaluate_fleet_alerts", ignore_result=True)
+def evaluate_fleet_alerts() -> dict[str, int]:
+    """Evaluate the fleet's alert rules; notify each alert that starts or ends, once
+    (labs/alerts.py). Scheduled by beat every FLEET_ALERT_INTERVAL_S."""
+    return evaluate_alerts(now=timezone.now())

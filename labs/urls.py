@@ -2,7 +2,16 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from labs import api, cohort_views, fleet, instructor_views, views
+from labs import (
+    api,
+    artifacts,
+    cohort_views,
+    fleet,
+    instructor_cohort_views,
+    instructor_gradebook_views,
+    instructor_review_views,
+    views,
+)
 
 urlpatterns = [
     path("labs/", views.lab_list, name="labs"),
@@ -14,6 +23,12 @@ urlpatterns = [
         "submissions/<uuid:pk>/notebook.html",
         views.submission_notebook,
         name="submission-notebook",
+    ),
+    # Files the grader handed back for download (labs/artifacts.py), e.g. a profiler trace.
+    path(
+        "submissions/<uuid:pk>/files/<str:name>",
+        artifacts.download,
+        name="submission-artifact",
     ),
     path("my/submissions/", views.my_submissions, name="my-submissions"),
     # Cohorts, the learner's side
@@ -38,80 +53,90 @@ urlpatterns = [
         ),
         name="instructor-password",
     ),
-    path("instructor/", instructor_views.home, name="instructor-home"),
-    path("instructor/cohorts/<int:pk>/", instructor_views.cohort_detail, name="instructor-cohort"),
+    path("instructor/", instructor_cohort_views.home, name="instructor-home"),
+    path(
+        "instructor/cohorts/<int:pk>/",
+        instructor_cohort_views.cohort_detail,
+        name="instructor-cohort",
+    ),
     path(
         "instructor/cohorts/<int:pk>/members/<int:member>/remove/",
-        instructor_views.member_remove,
+        instructor_cohort_views.member_remove,
         name="instructor-member-remove",
     ),
     path(
         "instructor/cohorts/<int:pk>/join-code/",
-        instructor_views.new_join_code,
+        instructor_cohort_views.new_join_code,
         name="instructor-join-code",
     ),
     path(
         "instructor/cohorts/<int:pk>/instructors/",
-        instructor_views.instructor_add,
+        instructor_cohort_views.instructor_add,
         name="instructor-add",
     ),
     path(
         "instructor/cohorts/<int:pk>/gradebook/",
-        instructor_views.gradebook,
+        instructor_gradebook_views.gradebook,
         name="instructor-gradebook",
     ),
     path(
         "instructor/cohorts/<int:pk>/analytics/",
-        instructor_views.analytics,
+        instructor_gradebook_views.analytics,
         name="instructor-analytics",
     ),
     path(
         "instructor/cohorts/<int:pk>/gradebook.csv",
-        instructor_views.gradebook_csv,
+        instructor_gradebook_views.gradebook_csv,
         name="instructor-gradebook-csv",
     ),
     path(
         "instructor/cohorts/<int:pk>/labs/<slug:slug>/submissions.csv",
-        instructor_views.lab_csv,
+        instructor_gradebook_views.lab_csv,
         name="instructor-lab-csv",
     ),
     path(
         "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/",
-        instructor_views.review,
+        instructor_review_views.review,
         name="instructor-review",
     ),
     path(
         "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/override/",
-        instructor_views.override,
+        instructor_review_views.override,
         name="instructor-override",
     ),
     path(
         "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/regrade/",
-        instructor_views.regrade,
+        instructor_review_views.regrade,
         name="instructor-regrade",
     ),
     path(
         "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/feedback/",
-        instructor_views.feedback,
+        instructor_review_views.feedback,
         name="instructor-feedback",
     ),
     path(
         "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/release/",
-        instructor_views.release,
+        instructor_review_views.release,
         name="instructor-release",
     ),
     path(
+        "instructor/cohorts/<int:pk>/submissions/<uuid:submission>/rubric/<str:item>/",
+        instructor_review_views.rubric_score,
+        name="instructor-rubric-score",
+    ),
+    path(
         "instructor/cohorts/<int:pk>/labs/<slug:slug>/regrade/",
-        instructor_views.regrade_lab,
+        instructor_cohort_views.regrade_lab,
         name="instructor-regrade-lab",
     ),
     path(
         "instructor/cohorts/<int:pk>/labs/<slug:slug>/release/",
-        instructor_views.release_lab,
+        instructor_cohort_views.release_lab,
         name="instructor-release-lab",
     ),
     # The grading fleet, from the workers' heartbeats (staff only)
     path("fleet/", fleet.fleet_page, name="fleet"),
+    path("fleet/prices/", fleet.fleet_price, name="fleet-price"),
     # JSON API v1
     path("api/v1/labs/<slug:slug>/submissions", api.create_submission, name="api-submit"),
     path("api/v1/submissions/<uuid:pk>", api.submission_detail, name="api-submission"),

@@ -11,6 +11,7 @@ from django_htmx.http import HttpResponseStopPolling
 from labs.api import submit_upload
 from labs.models import Lab, Submission
 from labs.notebook_view import CSP, render_notebook
+from labs.rubric import released_rubric
 from labs.services import LEARNER_KEY, SubmissionRefused, max_upload_bytes
 from labs.verification import make_token
 
@@ -69,7 +70,11 @@ def submission_detail(request: HttpRequest, pk) -> HttpResponse:
         "verification": make_token(submission),
         # Comments and overrides reach the learner only once released (labs/feedback.py).
         "feedback": submission.released_feedback,
+        # Rubric points and comments too (labs/rubric.py).
+        **released_rubric(submission),
         "environment_json": json.dumps(report.get("environment") or {}, indent=2),
+        # Files the grader handed back (labs/artifacts.py); listed without their bytes.
+        "artifacts": submission.artifacts.defer("data") if submission.is_final else [],
     }
     if request.htmx:
         response = render(request, "labs/submission.html#status", ctx)

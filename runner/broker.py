@@ -72,6 +72,8 @@ def broker_settings_from_env(environ: Mapping[str, str] | None = None) -> dict[s
         queue, processed, control = folder / "queue", folder / "processed", folder / "control"
         for path in (queue, processed, control):
             path.mkdir(parents=True, exist_ok=True)
+        # Atomic publishing: runner/filesystem_broker.py says why kombu's own is not enough.
+        settings["broker_transport"] = "runner.filesystem_broker:AtomicFilesystemTransport"
         settings["broker_transport_options"] = {
             # The same folder in and out: every process publishes where every process reads.
             "data_folder_in": str(queue),

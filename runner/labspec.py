@@ -1,7 +1,11 @@
 """Lab specs: one `notebooks/<lab>/lab.toml` per lab, parsed into frozen dataclasses.
 
 Criteria are data (metric, comparator, threshold per device class) so that the web side can
-show the criteria table from the same file the grader evaluates against.
+show the criteria table from the same file the grader evaluates against. A lab may also declare
+a rubric (`[[rubric]]`): items an instructor scores by hand, for written answers that no grader
+can measure (a design defence, an explanation of a profiler trace). The runner never reads the
+rubric; it is parsed here so that a bad item fails `load_labs` with the same clear message as a
+bad criterion.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ _TOP_KEYS = {
     "limits",
     "criteria",
     "options",
+    "rubric",
 }
 _LIMIT_KEYS = (
     "cell_timeout_s",
@@ -65,6 +70,12 @@ _CRITERION_KEYS = {
     "hint",
     "threshold",
 }
+_RUBRIC_KEYS = {"name", "title", "points", "description", "answer_tag"}
+# Rubric item names become CSV columns (`rubric_<name>_points`) and audit fields: short
+# identifiers keep both readable.
+_RUBRIC_NAME_MAX = 32
+# A notebook cell tag: what Jupyter's tag editor accepts, without spaces.
+_TAG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class LabSpecError(ValueError):
@@ -124,6 +135,28 @@ class CriterionSpec:
 
 
 @dataclass(frozen=True)
+class RubricItemSpec:
+    """One item an instructor scores by hand: up to `points`, earned as `description` says.
+    `answer_tag` names the notebook tag of the markdown cell(s) holding the learner's written
+    answer for it ("" when the item is not tied to a cell)."""
+
+    name: str
+    title: str
+    points: int
+    description: str
+    answer_tag: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "points": self.points,
+            "description": self.description,
+            "answer_tag": self.answer_tag,
+        }
+
+
+@dataclass(frozen=True)
 class LabSpec:
     slug: str
     title: str
@@ -140,6 +173,8 @@ class LabSpec:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # What its GPU jobs need; decides their queue (runner/routing.py).
     requirements: GpuRequirements = field(default_factory=GpuRequirements)
+    # Items scored by an instructor (empty: the lab is graded by measurement alone).
+    rubric: tuple[RubricItemSpec, ...] = ()
 
     @property
     def starter_path(self) -> Path:
@@ -164,6 +199,7 @@ class LabSpec:
             "limits": self.limits.to_dict(),
             "criteria": [c.to_dict() for c in self.criteria],
             "requirements": self.requirements.to_dict(),
+            "rubric": [item.to_dict() for item in self.rubric],
         }
 
 
@@ -243,6 +279,7 @@ class _Parser:
             folder=self.path.parent,
             options=MappingProxyType(options),
             requirements=parse_requirements(raw.get("requirements"), self.fail),
+            rubric=self.rubric(raw.get("rubric", [])),
         )
 
     def text(self, table: Mapping[str, Any], key: str, where: str = "") -> str:
@@ -335,3 +372,44 @@ class _Parser:
             ):
                 raise self.fail(f"{where}threshold.{device_class} must be a finite number")
         return MappingProxyType({k: float(v) for k, v in raw.items()})
+
+    def rubric(self, raw: Any) -> tuple[RubricItemSpec, ...]:
+        """Optional `[[rubric]]` tables, validated like criteria: every defect names the item."""
+        if not isinstance(raw, list):
+            raise self.fail("rubric must be [[rubric]] tables")
+        seen: set[str] = set()
+        items = []
+        for number, table in enumerate(raw, start=1):
+            where = f"rubric #{number}: "
+            if not isinstance(table, dict):
+                raise self.fail(f"{where}must be a table")
+            unknown = set(table) - _RUBRIC_KEYS
+            if unknown:
+                raise self.fail(f"{where}unknown key(s) {sorted(unknown)}")
+            name = self.text(table, "name", where)
+            if not _IDENTIFIER.match(name) or len(name) > _RUBRIC_NAME_MAX:
+                raise self.fail(
+                    f"{where}name {name!r} must be an identifier of at most "
+                    f"{_RUBRIC_NAME_MAX} characters"
+                )
+            if name in seen:
+                raise self.fail(f"{where}duplicate rubric item name {name!r}")
+            seen.add(name)
+            points = table.get("points")
+            if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
+                raise self.fail(f"{where}points must be a positive whole number (the maximum)")
+            answer_tag = table.get("answer_tag", "")
+            if not isinstance(answer_tag, str) or (answer_tag and not _TAG.match(answer_tag)):
+                raise self.fail(
+                    f"{where}answer_tag must be a notebook cell tag (letters, digits, - and _)"
+                )
+            items.append(
+                RubricItemSpec(
+                    name=name,
+                    title=self.text(table, "title", where),
+                    points=points,
+                    description=self.text(table, "description", where),
+                    answer_tag=answer_tag,
+                )
+            )
+        return tuple(items)

@@ -243,6 +243,7 @@ def _execute_and_grade(
         metrics=result.metrics,
         plots=result.plots,
         mismatches=result.mismatches,
+        artifacts=result.artifacts,
     )
 
 

@@ -150,8 +150,11 @@ def new_report(
     executed_notebook: Mapping[str, Any] | None = None,
     durations: Mapping[str, float] | None = None,
     mismatches: Sequence[Mapping[str, Any]] = (),
+    artifacts: Sequence[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
-    """Build a report dict with every key present, so readers never need .get() defaults."""
+    """Build a report dict with every key present, so readers never need .get() defaults.
+    `artifacts` are files the learner may download from the result page (a profiler trace):
+    `{name, content_type, data_base64}`, the data gzip'd then base64-encoded."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     report = {
@@ -170,6 +173,7 @@ def new_report(
         "executed_notebook": dict(executed_notebook) if executed_notebook is not None else None,
         "durations": {k: round(v, 3) for k, v in (durations or {}).items()},
         "mismatches": [dict(m) for m in mismatches],
+        "artifacts": [dict(a) for a in artifacts],
     }
     return json_safe(report)
 
@@ -186,10 +190,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-REPORT_KEYS = frozenset(
-    new_report(
-        submission_id="x", attempt=1, lab="x", device_class="cpu", status="error", message=""
+# Keys a report may lack: a worker older than the key still sends valid reports.
+OPTIONAL_REPORT_KEYS = frozenset({"artifacts"})
+REPORT_KEYS = (
+    frozenset(
+        new_report(
+            submission_id="x", attempt=1, lab="x", device_class="cpu", status="error", message=""
+        )
     )
+    - OPTIONAL_REPORT_KEYS
 )
 
 
@@ -206,3 +215,5 @@ def check_report(report: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown report status {report['status']!r}")
     if not isinstance(report["message"], str) or not report["message"]:
         raise ValueError("report message must be a non-empty string")
+    if not isinstance(report.get("artifacts", []), list):
+        raise ValueError("report artifacts must be a list")

@@ -43,8 +43,11 @@ TORCH_REASON = (
 NEVER_EXCLUDED = ("nvidia-ml-py",)
 DEBS = ("bubblewrap", "libcap2")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-# What the wheelhouse must stay under to be carried to a node (a 64 MiB transfer limit).
-SIZE_BUDGET_BYTES = 50 << 20
+# A warning above this, so that growth is noticed: 77 MiB on 2026-11-27 once the worker
+# needed transformers and the project's wheel carried its models (docs/gpu-worker.md). Where a
+# transfer to the node is smaller (64 MiB for this project's own GPU visits), leave out what
+# the node already has: --exclude numpy, transformers and its family.
+SIZE_BUDGET_BYTES = 96 << 20
 
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
 

@@ -70,20 +70,23 @@ def test_collectstatic_writes_compressed_files_with_hashed_names(tmp_path):
 def test_the_embedded_broker_defaults_agree_with_the_runner(tmp_path):
     """Web and grading workers must share one broker folder in the embedded mode."""
     from runner.broker import broker_settings_from_env
+    from runner.filesystem_broker import TRANSPORT
 
     env = {"DEBUG": "1", "VAR_DIR": str(tmp_path)}
     printed = manage(
         "shell",
         "-c",
         "import json; from django.conf import settings as s; "
-        "print(json.dumps([s.CELERY_BROKER_URL, s.CELERY_BROKER_TRANSPORT_OPTIONS]))",
+        "print(json.dumps([s.CELERY_BROKER_URL, s.CELERY_BROKER_TRANSPORT_OPTIONS, "
+        "s.CELERY_BROKER_TRANSPORT]))",
         env=env,
     )
     assert printed.returncode == 0, printed.stderr
-    url, options = json.loads(printed.stdout.strip().splitlines()[-1])
+    url, options, transport = json.loads(printed.stdout.strip().splitlines()[-1])
     theirs = broker_settings_from_env(env)
     assert theirs["broker_url"] == url == "filesystem://"
     assert theirs["broker_transport_options"] == options
+    assert theirs["broker_transport"] == transport == TRANSPORT
 
 
 @pytest.mark.postgres

@@ -35,6 +35,8 @@ class GradeResult:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     plots: list[dict[str, str]] = field(default_factory=list)
     log_tail: str = ""
+    # Files offered for download on the result page (runner.schema.new_report's artifacts).
+    artifacts: list[dict[str, str]] = field(default_factory=list)
 
 
 def meets(measured: float, comparator: str, threshold: float) -> bool:

@@ -1,7 +1,9 @@
 """The instructor flow in headless Chromium: a learner joins a cohort from the browser (the
 learner key comes from localStorage), an instructor signs in, watches the gradebook update
 live while a submission runs, opens a submission, overrides it with a reason and sees the
-audit entry; the gradebook then marks the override, and the learner leaves."""
+audit entry; the gradebook then marks the override, and the learner leaves. Then: regrading a
+lab (after a confirmation page), scoring a rubric item in place beside the learner's written
+answer, and releasing the comment and the rubric points to the learner."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ import random
 from django.contrib.auth.models import User
 
 from curriculum.models import Milestone
-from labs.models import AuditEntry, Cohort, Lab, Membership, Submission
+from labs.models import AuditEntry, Cohort, Lab, Membership, RegradeBatch, Submission
 from labs.tasks import record_report
 from runner.graders.reporting import timing_metrics
 from runner.schema import CriterionResult
 from tests.conftest import save_screenshot
-from tests.labs.conftest import report_for
+from tests.labs.conftest import RUBRIC, notebook_with_answer, report_for
 
 PASSWORD = "a-long-password-for-the-browser-1"
 
@@ -137,12 +139,14 @@ def test_an_instructor_regrades_a_lab_and_releases_feedback(new_page, site, monk
     cohort.instructors.add(alice)
     lab = Lab.objects.create(
         slug="softmax", title="Numerically stable softmax", summary="s", device_classes=["cpu"],
-        starter_filename="softmax.ipynb", starter_notebook="{}",
+        starter_filename="softmax.ipynb", starter_notebook="{}", rubric=RUBRIC,
         milestone=Milestone.objects.get(slug="advanced-optimization.milestone"),
     )  # fmt: skip
     key = "0123456789abcdef0123456789abcdef"
     cohort.join(learner_key=key, display_name="Ada Lovelace")
-    submission = Submission.objects.create(lab=lab, learner_key=key, notebook="{}")
+    submission = Submission.objects.create(
+        lab=lab, learner_key=key, notebook=notebook_with_answer()
+    )
     finish(submission, status="failed", speedup_ms=16)
 
     page = new_page(viewport={"width": 1100, "height": 900})
@@ -152,8 +156,12 @@ def test_an_instructor_regrades_a_lab_and_releases_feedback(new_page, site, monk
     page.click("button:text('Sign in')")
     page.wait_for_url(f"{site}/instructor/cohorts/{cohort.pk}/")
 
-    # Regrade the lab: the progress line polls until the regrade has finished.
-    page.click("button[aria-label='Regrade all submissions of Numerically stable softmax']")
+    # Regrade the lab, once confirmed: the progress line polls until the regrade has finished.
+    page.click("a[aria-label='Regrade all submissions of Numerically stable softmax']")
+    page.wait_for_url(f"{site}/instructor/cohorts/{cohort.pk}/labs/softmax/regrade/")
+    assert submission.attempt == 1 and not RegradeBatch.objects.exists()
+    page.fill("#id_regrade_reason", "Grader fix.")
+    page.click("button:text('Regrade 1 submission')")
     page.locator("#regrades >> text=0 of 1 regraded").wait_for()
     submission.refresh_from_db()
     assert submission.status == "queued" and submission.attempt == 2
@@ -166,10 +174,30 @@ def test_an_instructor_regrades_a_lab_and_releases_feedback(new_page, site, monk
     page.fill("#id_comment", "Well fused; now try a single pass.")
     page.click("button:text('Save the comment')")
     page.wait_for_url("**#feedback")
+
+    # The rubric: the learner's written answer as text, a score saved in place (htmx).
+    answer = page.locator("#rubric pre.answer")
+    assert answer.count() == 1 and "<script>alert(1)</script>" in answer.inner_text()
+    assert page.locator("#rubric script").count() == 0
+    page.fill("#id_fusions-points", "3")
+    page.fill("#id_fusions-comment", "Name the reduction kernel too.")
+    url_before = page.url
+    page.click("button[aria-label='Save the score for Names the fused kernels']")
+    page.locator("#rubric-score-fusions >> text=Saved.").wait_for()
+    assert page.url == url_before  # swapped in place, no reload
+    assert "3 of 10 points (1 of 3 items scored)" in page.locator("#rubric-total").inner_text()
+    assert "fusions not scored → 3/4" in page.locator("#audit").inner_text()
+    assert page.locator("#rubric pre.answer").count() == 1  # the answer was not swapped
+
     learner = new_page()
     learner.goto(f"{site}/submissions/{submission.pk}/")
     assert learner.locator("text=From your instructor").count() == 0
+    assert learner.locator("text=Name the reduction kernel too.").count() == 0
     page.click("button:text('Release to the learner')")
     page.locator("#feedback >> text=Released").first.wait_for()
     learner.reload()
     learner.locator("text=Well fused; now try a single pass.").wait_for()
+    rubric = learner.locator("table.rubric")
+    assert "Rubric: 3 of 10 points" in learner.locator("#rubric-heading").inner_text()
+    assert "Names the fused kernels" in rubric.inner_text()
+    assert "Name the reduction kernel too." in rubric.inner_text()

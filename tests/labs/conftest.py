@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from unittest import mock
 
 import nbformat
@@ -179,5 +180,50 @@ def graded(
     assert record_report(
         report_for(submission, status=status, message=message, metrics=metrics, **fields)
     )
+    submission.refresh_from_db()
+    return submission
+
+
+# --- Rubrics -----------------------------------------------------------------------------
+REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+# The kernels lab's rubric in miniature: two items share the `explanation` cell, one has none.
+RUBRIC = [
+    {"name": "fusions", "title": "Names the fused kernels", "points": 4,
+     "description": "Names each fused kernel and its ops.", "answer_tag": "explanation"},
+    {"name": "evidence", "title": "Cites the trace", "points": 3,
+     "description": "Kernel names, counts and times.", "answer_tag": "explanation"},
+    {"name": "why", "title": "Explains why it is faster", "points": 3,
+     "description": "Bytes moved and launches.", "answer_tag": ""},
+]  # fmt: skip
+ANSWER = "The <script>alert(1)</script> **fused** kernel `triton_red_fused_add_mean_0` ran once."
+
+
+def notebook_with_answer(answer: str = ANSWER) -> str:
+    """A submitted notebook whose markdown cell tagged `explanation` holds the answer, with
+    decoys that are not the answer: an untagged markdown cell and a tagged code cell."""
+    nb = nbformat.reads(make_notebook().decode(), as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("An untagged note."))
+    decoy = nbformat.v4.new_code_cell("print('code tagged explanation')")
+    decoy.metadata["tags"] = ["explanation"]
+    nb.cells.append(decoy)
+    cell = nbformat.v4.new_markdown_cell(answer)
+    cell.metadata["tags"] = ["explanation"]
+    nb.cells.append(cell)
+    return nbformat.writes(nb)
+
+
+@pytest.fixture
+def rubric_lab(lab) -> Lab:
+    lab.rubric = RUBRIC
+    lab.save(update_fields=["rubric"])
+    return lab
+
+
+def answered(lab, learner=LEARNER, status="passed", **fields):
+    """A graded submission whose notebook holds a written answer."""
+    from labs.models import Submission
+
+    submission = graded(lab, learner, status, **fields)
+    Submission.objects.filter(pk=submission.pk).update(notebook=notebook_with_answer())
     submission.refresh_from_db()
     return submission

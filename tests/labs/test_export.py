@@ -9,6 +9,7 @@ import io
 
 import pytest
 
+from labs import export
 from labs.export import safe_text
 from labs.services import override_grade
 from tests.labs.conftest import CAROL, LEARNER, OTHER_LEARNER, graded
@@ -116,3 +117,44 @@ def test_no_export_contains_a_whole_learner_key(signed_in, lab, cohort):
         body = signed_in.get(f"/instructor/cohorts/{cohort.pk}/{url}").content.decode()
         assert LEARNER not in body and OTHER_LEARNER not in body
         assert LEARNER[:8] in body
+
+
+def test_a_lab_with_a_rubric_adds_rubric_columns_after_its_own(
+    signed_in, alice, rubric_lab, cohort
+):
+    from labs.rubric import score_rubric_item
+
+    submission = graded(rubric_lab, status="passed", speedup=1.2)
+    for item, points, comment in (("fusions", 3, "=SUM(A1) is not a kernel"), ("why", 2, "")):
+        score_rubric_item(submission=submission, item=item, points=points, comment=comment,
+                          by=alice, cohort=cohort)  # fmt: skip
+    header, rows = download(signed_in, f"/instructor/cohorts/{cohort.pk}/gradebook.csv")
+    assert header == [
+        "learner", "display_name", "joined", "labs_passed",
+        "pilot_status", "pilot_best_speedup", "pilot_attempts", "pilot_override",
+        "pilot_rubric_points", "pilot_rubric_max",
+    ]  # fmt: skip
+    ada, grace = rows
+    assert (ada["pilot_rubric_points"], ada["pilot_rubric_max"]) == ("5", "10")
+    assert (grace["pilot_rubric_points"], grace["pilot_rubric_max"]) == ("", "10")
+
+    url = f"/instructor/cohorts/{cohort.pk}/labs/pilot/submissions.csv"
+    header, rows = download(signed_in, url)
+    assert header[: header.index("review_url") + 1] == export.DETAIL_COLUMNS  # unchanged
+    assert header[header.index("review_url") + 1 :] == [
+        "rubric_points", "rubric_max",
+        "rubric_fusions_points", "rubric_fusions_comment",
+        "rubric_evidence_points", "rubric_evidence_comment",
+        "rubric_why_points", "rubric_why_comment",
+    ]  # fmt: skip
+    [row] = rows
+    assert (row["rubric_points"], row["rubric_max"]) == ("5", "10")
+    assert (row["rubric_fusions_points"], row["rubric_evidence_points"]) == ("3", "")
+    assert row["rubric_fusions_comment"] == "'=SUM(A1) is not a kernel"  # never a formula
+    assert (row["rubric_why_points"], row["rubric_why_comment"]) == ("2", "")
+
+
+def test_a_lab_without_a_rubric_has_no_rubric_columns(signed_in, lab, cohort):
+    graded(lab)
+    header, _ = download(signed_in, f"/instructor/cohorts/{cohort.pk}/labs/pilot/submissions.csv")
+    assert header == export.DETAIL_COLUMNS

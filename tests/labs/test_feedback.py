@@ -147,3 +147,36 @@ def test_a_released_override_to_passed_verifies(client, lab, cohort, alice):
     submission.refresh_from_db()
     assert verified(client, submission)
     assert "marked <strong>verified</strong>" in learner_page(client, submission)
+
+
+def test_editing_a_released_comment_is_audited_with_the_text_before_and_after(
+    client, lab, cohort, alice
+):
+    submission = graded(lab, status="failed")
+    client.force_login(alice)
+    url = review_url(cohort, submission) + "feedback/"
+    client.post(url, {"comment": "First draft."})
+    client.post(url, {"comment": "Second draft."})  # not released yet: not audited
+    assert not AuditEntry.objects.exists()
+    client.post(review_url(cohort, submission) + "release/")
+    response = client.post(url, {"comment": "Corrected:\nthe tail is fine."}, follow=True)
+    assert "the change is in the audit trail" in response.content.decode()
+    edit = AuditEntry.objects.get(action="comment")
+    assert (edit.actor, edit.cohort, edit.field) == (alice, cohort, "comment")
+    assert (edit.before, edit.after) == ("Second draft.", "Corrected:\nthe tail is fine.")
+    assert edit.reason == "Edited after release: the learner sees the new text."
+    body = client.get(review_url(cohort, submission)).content.decode()
+    assert (
+        "Released comment edited: comment Second draft. → Corrected:<br>the tail is fine." in body
+    )
+    client.post(url, {"comment": "Corrected:\nthe tail is fine."})  # unchanged: no entry
+    assert AuditEntry.objects.filter(action="comment").count() == 1
+
+
+def test_a_long_released_comment_is_kept_whole_in_the_audit_trail(lab, cohort, alice):
+    submission = graded(lab, status="failed")
+    save_feedback(submission=submission, comment="a" * 3000, by=alice)
+    release_feedback(submissions=cohort.submissions(), by=alice, cohort=cohort)
+    save_feedback(submission=submission, comment="b" * 3000, by=alice, cohort=cohort)
+    edit = AuditEntry.objects.get(action="comment")
+    assert (edit.before, edit.after) == ("a" * 3000, "b" * 3000)

@@ -140,7 +140,9 @@ def test_an_htmx_poll_gets_only_the_fragment_that_polls_again(staff):
     html = response.content.decode()
     assert response.status_code == 200
     assert html.lstrip().startswith('<div id="fleet"') and "<html" not in html
-    assert 'hx-trigger="every 5s"' in html and 'hx-get="/fleet/"' in html
+    assert 'hx-trigger="every 5s, fleet-prices-changed from:body"' in html
+    assert 'hx-get="/fleet/"' in html
+    assert "gpu-prices" not in html.replace('href="#gpu-prices"', "")  # a poll keeps the forms
 
 
 def test_an_empty_fleet_says_where_heartbeats_come_from(staff):

@@ -186,3 +186,28 @@ def test_the_speedup_read_in_the_query_matches_the_report(lab, cohort):
     assert light.mismatched_elements == full.mismatched_elements == 7
     unmeasured = Submission.objects.light().get(pk=graded(lab, status="error").pk)
     assert unmeasured.speedup is None and unmeasured.mismatched_elements is None
+
+
+def test_a_lab_with_a_rubric_shows_the_best_attempts_rubric_total(
+    rubric_lab, second_lab, cohort, alice, client
+):
+    from labs.rubric import score_rubric_item
+
+    best = graded(rubric_lab, status="passed", minutes_ago=2)
+    worse = graded(rubric_lab, status="failed", minutes_ago=1)
+    graded(rubric_lab, OTHER_LEARNER, status="failed")  # not scored: no rubric text
+    for item, points in (("fusions", 4), ("evidence", 3)):
+        score_rubric_item(submission=best, item=item, points=points, comment="", by=alice,
+                          cohort=cohort)  # fmt: skip
+    score_rubric_item(submission=worse, item="why", points=0, comment="", by=alice, cohort=cohort)
+    book = build_gradebook(cohort)
+    total = cell(book).rubric
+    assert (total.points, total.max, total.scored, total.items) == (7, 10, 2, 3)
+    assert cell(book, OTHER_LEARNER).rubric is None
+    assert cell(book, lab="second").rubric is None  # the lab has no rubric
+    client.force_login(alice)
+    text = page(client, cohort)
+    assert '✓ Passed</span> <span class="cell-rubric"' in text
+    assert "· rubric 7/10 (2 of 3 items)" in text
+    score_rubric_item(submission=best, item="why", points=2, comment="", by=alice, cohort=cohort)
+    assert "· rubric 9/10</span>" in page(client, cohort)

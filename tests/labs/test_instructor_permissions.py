@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from labs.models import AuditEntry, Cohort, Feedback, Regrade, Submission
+from labs.models import AuditEntry, Cohort, Feedback, Regrade, RubricScore, Submission
 from tests.labs.conftest import CAROL, PASSWORD, graded
 
 pytestmark = pytest.mark.django_db
@@ -18,6 +18,7 @@ GET_PAGES = [
     "/instructor/cohorts/{cohort}/gradebook.csv",
     "/instructor/cohorts/{cohort}/labs/pilot/submissions.csv",
     "/instructor/cohorts/{cohort}/submissions/{submission}/",
+    "/instructor/cohorts/{cohort}/labs/pilot/regrade/",  # the confirmation page
 ]
 POST_ACTIONS = [
     "/instructor/cohorts/{cohort}/members/{member}/remove/",
@@ -29,12 +30,13 @@ POST_ACTIONS = [
     "/instructor/cohorts/{cohort}/submissions/{submission}/release/",
     "/instructor/cohorts/{cohort}/labs/pilot/regrade/",
     "/instructor/cohorts/{cohort}/labs/pilot/release/",
+    "/instructor/cohorts/{cohort}/submissions/{submission}/rubric/fusions/",
 ]
 
 
 @pytest.fixture
-def urls(lab, cohort):
-    submission = graded(lab, status="failed")
+def urls(rubric_lab, cohort):
+    submission = graded(rubric_lab, status="failed")
     member = cohort.memberships.get(learner_key=submission.learner_key)
     ids = {"cohort": cohort.pk, "submission": submission.pk, "member": member.pk}
     return {
@@ -49,10 +51,15 @@ def assert_nothing_changed(cohort):
     assert cohort.join_code == code and cohort.members().count() == 2
     assert cohort.instructors.count() == 1 and not AuditEntry.objects.exists()
     assert not Regrade.objects.exists() and not Feedback.objects.exists()
+    assert not RubricScore.objects.exists()
     assert not Submission.objects.filter(status="queued").exists()
 
 
-OVERRIDE = {"status": "passed", "reason": "r", "username": "bob", "comment": "c"}
+# Every form's fields at once, each valid: a refusal must come from who asks, not from what.
+OVERRIDE = {
+    "status": "passed", "reason": "r", "username": "bob", "comment": "c", "confirm": "yes",
+    "fusions-points": "3", "fusions-comment": "c",
+}  # fmt: skip
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page(client, urls, cohort):
@@ -140,3 +147,10 @@ def test_htmx_requests_carry_the_csrf_token_from_the_page(client, alice, cohort)
     page = client.get(f"/instructor/cohorts/{cohort.pk}/gradebook/").content.decode()
     assert '<body hx-headers=\'{"X-CSRFToken": "' in page
     assert '{"X-CSRFToken": ""}' not in page
+
+
+def test_the_cohorts_instructor_scores_the_rubric(client, alice, urls):
+    client.force_login(alice)
+    rubric = next(url for url in urls["post"] if "/rubric/" in url)
+    assert client.post(rubric, OVERRIDE).status_code == 302
+    assert RubricScore.objects.get().points == 3

@@ -1,7 +1,8 @@
 """Regrades: one submission or a whole lab of the cohort goes back to the queue with the next
 attempt and is dispatched again; never while it is queued or running; the report it replaces is
-kept (the review says "was X, now Y"); an override survives; every regrade is audited; the
-cohort page shows a batch's progress and polls only while it runs."""
+kept (the review says "was X, now Y"); an override survives; every regrade is audited; "Regrade
+all" asks for confirmation first (a POST without it does nothing); the cohort page shows a
+batch's progress and polls only while it runs."""
 
 from __future__ import annotations
 
@@ -194,7 +195,9 @@ def test_the_cohort_page_shows_a_batchs_progress_and_polls_while_it_runs(
 ):
     first, second = graded(lab, status="failed"), graded(lab, OTHER_LEARNER, status="failed")
     client.force_login(alice)
-    response = client.post(f"/instructor/cohorts/{cohort.pk}/labs/pilot/regrade/", follow=True)
+    response = client.post(
+        f"/instructor/cohorts/{cohort.pk}/labs/pilot/regrade/", {"confirm": "yes"}, follow=True
+    )
     body = response.content.decode()
     assert "Regrading 2 submissions of Pilot lab" in body
     assert "0 of 2 regraded (running" in body and 'hx-trigger="every 5s"' in body
@@ -219,3 +222,44 @@ def test_a_regrade_running_does_not_stop_the_learner_submitting(lab, cohort, ali
     Submission.objects.create(lab=lab, learner_key=submission.learner_key, notebook="{}")
     with pytest.raises(SubmissionRefused):
         check_rate_limits(learner_key=submission.learner_key, client_ip=None)
+
+
+def test_regrade_all_asks_for_confirmation_first(client, lab, cohort, alice, sent):
+    graded(lab, status="failed")
+    graded(lab, OTHER_LEARNER, status="passed")
+    Submission.objects.create(lab=lab, learner_key=OTHER_LEARNER, notebook="{}", status="running")
+    client.force_login(alice)
+    cohort_page = client.get(f"/instructor/cohorts/{cohort.pk}/").content.decode()
+    url = f"/instructor/cohorts/{cohort.pk}/labs/pilot/regrade/"
+    assert f'<a class="button" href="{url}"' in cohort_page
+    page = client.get(url)
+    body = page.content.decode()
+    assert page.status_code == 200
+    assert "2 finished submissions of Pilot lab" in body and "1 still queued or running" in body
+    assert 'name="confirm" value="yes"' in body and "Regrade 2 submissions" in body
+    assert not Regrade.objects.exists() and not sent.called
+
+
+@pytest.mark.parametrize("data", [{}, {"confirm": ""}, {"confirm": "no"}, {"reason": "x"}])
+def test_a_regrade_all_post_without_the_confirmation_regrades_nothing(
+    client, lab, cohort, alice, sent, data
+):
+    submission = graded(lab, status="failed")
+    client.force_login(alice)
+    response = client.post(f"/instructor/cohorts/{cohort.pk}/labs/pilot/regrade/", data)
+    assert response.status_code == 200
+    assert "Nothing was regraded: confirm below to start." in response.content.decode()
+    submission.refresh_from_db()
+    assert (submission.status, submission.attempt) == ("failed", 1)
+    assert not RegradeBatch.objects.exists() and not AuditEntry.objects.exists()
+    assert not sent.called
+
+
+def test_the_confirmed_regrade_all_keeps_its_reason(client, lab, cohort, alice, sent):
+    graded(lab, status="failed")
+    client.force_login(alice)
+    url = f"/instructor/cohorts/{cohort.pk}/labs/pilot/regrade/"
+    response = client.post(url, {"confirm": "yes", "reason": "Grader fix #12."})
+    assert response.status_code == 302 and response["Location"].endswith("#regrades")
+    assert RegradeBatch.objects.get().count == 1
+    assert AuditEntry.objects.get().reason == "Grader fix #12."

@@ -74,7 +74,7 @@ def test_the_lab_is_defined_under_the_phase_3_milestone(kernels_spec):
         "correct": {"cpu": 0, "gpu": 0},
         "finite": {"cpu": 0, "gpu": 0},
         "speed": {"gpu": 1.0},
-        "bandwidth": {"gpu": 50},
+        "bandwidth": {"gpu": 70},
     }
 
 

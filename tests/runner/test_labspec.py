@@ -97,3 +97,93 @@ def test_a_criterion_without_a_threshold_for_a_device_class_is_not_evaluated_the
     speed = spec.criteria[2]
     assert speed.threshold_for("cpu") is None
     assert speed.threshold_for("gpu") == 0.9
+
+
+# --- Rubric items ([[rubric]]), scored by instructors on the web side ------------------------
+
+RUBRIC_ITEM = """
+[[rubric]]
+name = "why"
+title = "Explains why it is faster"
+points = 3
+description = "Bytes moved and launches."
+answer_tag = "explanation"
+"""
+
+
+def add_rubric(folder: Path, *items: str) -> None:
+    path = folder / "lab.toml"
+    path.write_text(path.read_text() + "".join(items))
+
+
+def test_a_lab_without_a_rubric_has_none(spec):
+    assert spec.rubric == () and spec.to_dict()["rubric"] == []
+
+
+def test_it_loads_rubric_items_in_order(lab_copy):
+    second = RUBRIC_ITEM.replace('"why"', '"evidence"').replace("points = 3", "points = 4")
+    add_rubric(lab_copy, RUBRIC_ITEM, second.replace('answer_tag = "explanation"\n', ""))
+    spec = load_lab_spec(lab_copy)
+    assert [(i.name, i.points, i.answer_tag) for i in spec.rubric] == [
+        ("why", 3, "explanation"),
+        ("evidence", 4, ""),
+    ]
+    assert spec.to_dict()["rubric"][0] == {
+        "name": "why",
+        "title": "Explains why it is faster",
+        "points": 3,
+        "description": "Bytes moved and launches.",
+        "answer_tag": "explanation",
+    }
+
+
+def test_the_kernels_lab_scores_its_explanation_by_rubric():
+    spec = load_lab_spec(REPO / "notebooks" / "kernels")
+    assert [(i.name, i.points) for i in spec.rubric] == [
+        ("fusions", 4),
+        ("evidence", 3),
+        ("why", 3),
+    ]
+    assert {i.answer_tag for i in spec.rubric} == {"explanation"}
+    assert all(i.title and i.description for i in spec.rubric)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "complaint"),
+    [
+        ("points = 3", "points = 0", "points must be a positive whole number"),
+        ("points = 3", "points = -2", "points must be a positive whole number"),
+        ("points = 3", "points = 2.5", "points must be a positive whole number"),
+        ("points = 3", "points = true", "points must be a positive whole number"),
+        ("points = 3\n", "", "points must be a positive whole number"),
+        ('name = "why"', 'name = "why not"', "identifier"),
+        ('name = "why"', f'name = "{"w" * 33}"', "at most 32 characters"),
+        ('title = "Explains why it is faster"', 'title = " "', "title must be a non-empty"),
+        ('description = "Bytes moved and launches."\n', "", "description must be a non-empty"),
+        ('answer_tag = "explanation"', 'answer_tag = "two words"', "answer_tag"),
+        ('answer_tag = "explanation"', "answer_tag = 3", "answer_tag"),
+        (
+            'answer_tag = "explanation"',
+            'answer_tag = "x"\nweight = 2',
+            r"unknown key\(s\) \['weight'\]",
+        ),
+    ],
+)
+def test_it_rejects_a_bad_rubric_item_with_a_clear_message(lab_copy, old, new, complaint):
+    assert old in RUBRIC_ITEM
+    add_rubric(lab_copy, RUBRIC_ITEM.replace(old, new, 1))
+    with pytest.raises(LabSpecError, match=complaint) as error:
+        load_lab_spec(lab_copy)
+    assert "lab.toml" in str(error.value) and "rubric #1" in str(error.value)
+
+
+def test_it_rejects_duplicate_rubric_item_names(lab_copy):
+    add_rubric(lab_copy, RUBRIC_ITEM, RUBRIC_ITEM)
+    with pytest.raises(LabSpecError, match="rubric #2: duplicate rubric item name 'why'"):
+        load_lab_spec(lab_copy)
+
+
+def test_it_rejects_a_rubric_that_is_not_tables(lab_copy):
+    edit(lab_copy, 'slug = "softmax"', 'slug = "softmax"\nrubric = "by hand"')
+    with pytest.raises(LabSpecError, match=r"rubric must be \[\[rubric\]\] tables"):
+        load_lab_spec(lab_copy)
