@@ -281,6 +281,8 @@ class SandboxPolicy:
             "USER": "learner",
             "LOGNAME": "learner",
             "TORCHINDUCTOR_CACHE_DIR": f"{self.job_path(jobdir)}/.cache/torchinductor",
+            # torch.utils.cpp_extension.load_inline builds CUDA C++ here (kernels lab on GPUs).
+            "TORCH_EXTENSIONS_DIR": f"{self.job_path(jobdir)}/.cache/torch_extensions",
             "LANG": "C.UTF-8",
             "PYTHONPATH": self.code_root(),
             "PYTHONDONTWRITEBYTECODE": "1",

@@ -390,6 +390,11 @@ then loads **only the cells tagged `solution`** into a separate sandboxed proces
 3. **bandwidth** (GPU workers only): your bytes moved (read x and residual, write out) per
    second, as a % of the copy bandwidth measured on the same GPU.
 
+**CUDA C++ instead of Triton?** Submitted to a GPU worker, your solution cell may build the
+kernel with `torch.utils.cpp_extension.load_inline(...)` (nvcc, g++ and ninja are there; the
+build takes a minute and counts against the load time); it is graded the same way. CPU
+workers have no CUDA compiler: use Triton there.
+
 A CPU worker's report lists speed and bandwidth as *not evaluated*: they are GPU-only. A
 pure-PyTorch answer (no Triton) passes on a CPU worker - the lab is graded by measuring, not by
 reading your code - but it is the naive composition, and on a GPU it fails the speed bar.
@@ -646,6 +651,65 @@ def fused_add_rmsnorm(
 """
 
 
+# CUDA C++ instead of Triton, through torch.utils.cpp_extension.load_inline: accepted on GPU
+# nodes (nvcc, g++ and ninja there; the sandbox's /usr and the torch environment carry them).
+# One block per row, the sum of squares reduced in shared memory, x and residual read twice
+# (the second time mostly from L2). GPU only: on a CPU worker there is no nvcc or CUDA.
+CUDA_CPP = """\
+import torch
+from torch.utils.cpp_extension import load_inline
+
+CUDA_SOURCE = r\"\"\"
+#include <torch/extension.h>
+
+__global__ void fused_add_rmsnorm_kernel(
+    const float* __restrict__ x, const float* __restrict__ r, const float* __restrict__ w,
+    float* __restrict__ out, int hidden, float eps) {
+  const long long base = (long long)blockIdx.x * hidden;
+  extern __shared__ float partial[];
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float h = x[base + i] + r[base + i];
+    sum += h * h;
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+    __syncthreads();
+  }
+  const float inv = 1.0f / sqrtf(partial[0] / hidden + eps);
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    out[base + i] = (x[base + i] + r[base + i]) * inv * w[i];
+  }
+}
+
+torch::Tensor fused_add_rmsnorm_cuda(torch::Tensor x, torch::Tensor r, torch::Tensor w,
+                                     double eps) {
+  auto xc = x.contiguous(), rc = r.contiguous(), wc = w.contiguous();
+  auto out = torch::empty_like(xc);
+  const int rows = xc.size(0), hidden = xc.size(1), threads = 256;
+  fused_add_rmsnorm_kernel<<<rows, threads, threads * sizeof(float)>>>(
+      xc.data_ptr<float>(), rc.data_ptr<float>(), wc.data_ptr<float>(), out.data_ptr<float>(),
+      hidden, (float)eps);
+  return out;
+}
+\"\"\"
+
+_extension = load_inline(
+    "fused_add_rmsnorm_extension",
+    cpp_sources="torch::Tensor fused_add_rmsnorm_cuda(torch::Tensor x, torch::Tensor r, "
+    "torch::Tensor w, double eps);",
+    cuda_sources=CUDA_SOURCE,
+    functions=["fused_add_rmsnorm_cuda"],
+)
+
+
+def fused_add_rmsnorm(x, residual, weight, eps):
+    return _extension.fused_add_rmsnorm_cuda(x, residual, weight, float(eps))
+"""
+
+
 def fixtures() -> dict[str, object]:
     assert NO_EPS != REFERENCE_SOLUTION and MEAN_OVER_BLOCK != REFERENCE_SOLUTION
     return {
@@ -654,6 +718,7 @@ def fixtures() -> dict[str, object]:
         "pure_pytorch.ipynb": build(PURE_PYTORCH),
         "cached.ipynb": build(CACHED),
         "monkeypatch.ipynb": build(MONKEYPATCH),
+        "cuda_cpp.ipynb": build(CUDA_CPP),
     }
 
 

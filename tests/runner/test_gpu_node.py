@@ -253,6 +253,9 @@ KERNELS_LAB = LAB.parent / "kernels"
         # Correct, but it is the naive composition: its speedup's interval sits around 1.0.
         ("fixtures/pure_pytorch.ipynb", "failed"),
         ("fixtures/cached.ipynb", "failed"),
+        # CUDA C++ through load_inline, compiled with nvcc inside the sandbox: accepted and
+        # measured (it reads x and residual twice, so its bandwidth may miss the bar).
+        ("fixtures/cuda_cpp.ipynb", "graded"),
     ],
 )
 def test_the_kernels_lab_on_a_gpu(gpu_policy, tmp_path, monkeypatch, notebook, status):
@@ -270,6 +273,15 @@ def test_the_kernels_lab_on_a_gpu(gpu_policy, tmp_path, monkeypatch, notebook, s
         policy=gpu_policy,
         gpu_check=GpuMemoryCheck(indices=(0,)),
     )
+    if status == "graded":
+        assert report["status"] in ("passed", "failed"), report["message"]
+        verdicts = {c["name"]: c["passed"] for c in report["criteria"]}
+        assert verdicts["correct"] and verdicts["finite"], report["message"]
+        roofline = report["metrics"]["roofline"]
+        print(f"\nkernels {notebook}: {report['message']} speedup "
+              f"{report['metrics']['timing']['speedup']['value']:.2f}x, "
+              f"{roofline['percent_of_copy_bandwidth']:.0f}% of copy bandwidth")  # fmt: skip
+        return
     assert report["status"] == status, report["message"]
     assert all(c["evaluated"] for c in report["criteria"])
     if notebook.endswith("pure_pytorch.ipynb"):
@@ -280,7 +292,7 @@ def test_the_kernels_lab_on_a_gpu(gpu_policy, tmp_path, monkeypatch, notebook, s
         assert "CUDA events" in timing["method"]
         assert not roofline["candidate"]["impossible"]
         # issue 6: the reference must reach >= 80% of the measured copy bandwidth on an H100.
-        if "H100" in (timing["device"] or ""):
+        if "H100" in (timing["device"] or "") and notebook == "reference.ipynb":
             assert roofline["percent_of_copy_bandwidth"] >= 80
         print(
             f"\nkernels {notebook}: speedup {timing['speedup']['value']:.2f}x "
