@@ -108,16 +108,8 @@ class NvmlSampler(threading.Thread):
 
 
 def submit(stack: Stack, lab: str, notebook: str, device_class: str, learner: str = LEARNER) -> str:
-    sys.path.insert(0, str(REPO / "static" / "cli"))
-    import roadmap_submit
-
-    sys.path.pop(0)
     path = REPO / "notebooks" / lab / notebook
-    body, content_type = roadmap_submit.multipart(
-        {"learner": learner, "device_class": device_class}, "notebook", path
-    )
-    reply = roadmap_submit.request(f"{stack.url}/api/v1/labs/{lab}/submissions", body, content_type)
-    return reply["id"]
+    return stack.submit(path, lab=lab, learner=learner, device_class=device_class)["id"]
 
 
 def recorded(stack: Stack, ids: list[str]) -> dict[str, dict]:

@@ -207,13 +207,18 @@ class Stack:
 
     # --- talking to it, as a learner's terminal would ---
 
-    def submit(self, notebook: Path, *, lab: str, learner: str) -> dict:
+    def submit(
+        self, notebook: Path, *, lab: str, learner: str, device_class: str | None = None
+    ) -> dict:
         sys.path.insert(0, str(REPO / "static" / "cli"))
         try:
             import roadmap_submit
         finally:
             sys.path.pop(0)
-        body, content_type = roadmap_submit.multipart({"learner": learner}, "notebook", notebook)
+        fields = {"learner": learner}
+        if device_class:
+            fields["device_class"] = device_class
+        body, content_type = roadmap_submit.multipart(fields, "notebook", notebook)
         return roadmap_submit.request(
             f"{self.url}/api/v1/labs/{lab}/submissions", body, content_type
         )
