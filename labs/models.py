@@ -72,6 +72,12 @@ class Lab(models.Model):
                 rows.append(criterion | {"threshold": threshold})
         return rows
 
+    @property
+    def shown_only(self) -> list[dict]:
+        """Criteria graded on no device class: measured and shown on results, never graded
+        (lab.toml's `threshold = {}`, e.g. a speed no honest path can reach yet)."""
+        return [c for c in self.criteria if not c.get("threshold")]
+
     def rubric_item(self, name: str) -> dict | None:
         return next((item for item in self.rubric if item.get("name") == name), None)
 

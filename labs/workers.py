@@ -151,7 +151,13 @@ def clean_heartbeat(payload: Any, *, schema: str) -> dict[str, Any] | None:
         "queues": sorted(set(_strings(payload.get("queues"), MAX_QUEUES, 64, _QUEUE))),
         "device_class": d if (d := payload.get("device_class")) in ("cpu", "gpu") else "",
         # Unhealthy wins over a contradicting "ok": a problem is never hidden.
-        "health": {"ok": problem is None and health.get("ok") is True, "problem": problem},
+        "health": {
+            "ok": problem is None and health.get("ok") is True,
+            "problem": problem,
+            # What a check could not do or saw without failing the worker (runner/health.py
+            # notes: e.g. Xid events this driver cannot report).
+            "notes": _strings(health.get("notes"), 10, 1000),
+        },
         "sandbox": {
             "mode": m if (m := sandbox.get("mode")) in ("bwrap", "none") else None,
             "ok": sandbox.get("ok") is True,
@@ -275,7 +281,7 @@ class Worker(models.Model):
 
     @property
     def health(self) -> dict[str, Any]:
-        return self.payload.get("health") or {"ok": True, "problem": None}
+        return self.payload.get("health") or {"ok": True, "problem": None, "notes": []}
 
     @property
     def sandbox(self) -> dict[str, Any]:

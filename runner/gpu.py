@@ -1,5 +1,7 @@
-"""GPU hygiene between jobs, which no cgroup provides: one job per GPU at a time, and GPU
-memory back at its baseline after each job, or this worker stops taking jobs.
+"""GPU hygiene between jobs, which no cgroup provides: GPU memory back at its baseline after
+each job, or this worker stops taking jobs. Who may use a GPU at a time (a timing job alone,
+correctness-only jobs side by side) is runner/gpu_share.py; the checks before each job (stray
+processes, Xid errors, slowdowns) are runner/gpu_health.py.
 
 GPU memory is not charged to any cgroup. A process that escaped the sandbox's kill, a driver
 that did not release a context, or a learner who found a way to keep an allocation alive
@@ -7,6 +9,7 @@ would leave less memory (and a possible side channel) for the next learner. So a
 job on a GPU node the worker polls NVML until each of its GPUs is back within a tolerance of
 the memory it used before the first job; if not, it marks itself unhealthy, logs why, and
 answers every later job with an error report that names the problem (see runner.health).
+Where jobs share a GPU, the last one to leave checks, while no new job may enter.
 
 NVML comes from `pynvml` (the nvidia-ml-py distribution); tests pass a fake with the same
 four functions.
@@ -15,11 +18,10 @@ four functions.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,10 +105,17 @@ class GpuMemoryCheck:
             with contextlib.suppress(Exception):
                 nvml.nvmlShutdown()
 
-    def before_job(self) -> None:
-        """Take the baseline once, before the first job this worker runs."""
-        if self.baseline is None:
+    def before_job(self, *, alone: bool = True, idle_used: Mapping[int, int] | None = None) -> None:
+        """Take the baseline once, before the first job this worker process runs. A job that
+        entered a GPU beside other jobs cannot read it (their memory is in use): it adopts
+        `idle_used`, what NVML read while no job of ours was on the GPU (runner.gpu_share),
+        or, without it, leaves the baseline to a later job that enters alone."""
+        if self.baseline is not None:
+            return
+        if alone:
             self.baseline = self.used()
+        elif idle_used and all(i in idle_used for i in self.indices):
+            self.baseline = {i: int(idle_used[i]) for i in self.indices}
 
     def after_job(self) -> str | None:
         """None when every GPU is back at its baseline (waiting up to settle_s for the driver
@@ -156,22 +165,10 @@ def lock_dir() -> Path:
 
 @contextlib.contextmanager
 def exclusive_gpus(indices: Sequence[int], *, folder: Path | None = None) -> Iterator[None]:
-    """Hold an exclusive lock per GPU for the duration of a job, so that two workers on one
-    host that were given the same GPU never time on it at once (the second one waits)."""
-    if not indices:
+    """Have the GPUs alone for the duration of a block, as a timing job does, so that two
+    workers on one host that were given the same GPU never time on it at once (the second
+    one waits, and shared jobs wait for both)."""
+    from runner.gpu_share import GpuAdmission, Request  # noqa: PLC0415 - it imports this module
+
+    with GpuAdmission(tuple(indices), folder=folder).slot(Request(exclusive=True)):
         yield
-        return
-    folder = folder or lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    held = []
-    try:
-        for index in sorted(indices):
-            fd = os.open(folder / f"gpu-{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            held.append(fd)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        for fd in held:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)

@@ -1,6 +1,6 @@
 """One Celery worker process per GPU of this node, each pinned to its GPU.
 
-    python -m runner gpu-workers [--dry-run] [--concurrency 1] [--loglevel INFO]
+    python -m runner gpu-workers [--dry-run] [--share N] [--loglevel INFO]
 
 For each GPU NVML reports, a worker (`celery -A runner.worker worker`) that:
 
@@ -8,7 +8,9 @@ For each GPU NVML reports, a worker (`celery -A runner.worker worker`) that:
   (the sandbox binds only those device nodes) and `CUDA_VISIBLE_DEVICES=<its UUID>` (a UUID
   names the same GPU whatever the enumeration order);
 - consumes `gpu` and every queue of the labs that its GPU satisfies (runner/routing.py);
-- takes one job at a time (`--concurrency 1`, prefetch 1): timing needs the GPU alone;
+- takes one job at a time (`--concurrency 1`, prefetch 1): timing needs the GPU alone. With
+  `--share N` it takes up to N (`--concurrency N`): correctness-only jobs then share the GPU
+  when their declared memory fits, and a timing job still has it alone (runner/gpu_share.py);
 - is named `gpu<index>@<host>`, so the fleet's telemetry and logs say which GPU.
 
 The launcher forwards SIGINT/SIGTERM to every worker and waits for them; when one worker
@@ -38,9 +40,18 @@ class WorkerCommand:
     argv: tuple[str, ...]
     env: dict[str, str]  # added to the launcher's own environment
 
+    @property
+    def concurrency(self) -> int:
+        return int(self.argv[self.argv.index("--concurrency") + 1])
+
     def describe(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return f"# GPU {self.gpu.index}: {self.gpu.name}\n{env} {shlex.join(self.argv)}"
+        jobs = (
+            "one job at a time"
+            if self.concurrency == 1
+            else f"up to {self.concurrency} jobs at once (correctness-only jobs share the GPU)"
+        )
+        return f"# GPU {self.gpu.index}: {self.gpu.name}, {jobs}\n{env} {shlex.join(self.argv)}"
 
 
 def worker_commands(
@@ -107,10 +118,29 @@ def run(commands: Sequence[WorkerCommand], *, poll_s: float = 0.5) -> int:
             signal.signal(sig, handler)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of jobs, at least 1 (got {text!r})"
+        )
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner gpu-workers")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, start none")
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument(
+        "--share",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="jobs each GPU's worker runs at once (default 1); above 1, correctness-only jobs "
+        "share the GPU when their declared memory fits, timing jobs still have it alone",
+    )
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
     from runner.labspec import load_lab_specs
@@ -122,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = worker_commands(
         gpus,
         lab_queues(load_lab_specs()),
-        concurrency=args.concurrency,
+        concurrency=args.share,
         loglevel=args.loglevel,
     )
     for command in commands:

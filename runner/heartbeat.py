@@ -16,7 +16,9 @@ The payload, `inference-roadmap/heartbeat@1` (every key always present):
     heartbeat that is not newer than the last one it recorded of that boot),
     sent_at, started_at (Unix seconds, worker clock), interval_s, stopping,
     queues, device_class ("cpu" | "gpu"),
-    health {ok, problem}, sandbox {mode, ok, reason, warnings} (as checked at start-up),
+    health {ok, problem, notes} (notes: what an operator should know that does not stop the
+    worker, e.g. a GPU check this node cannot make), sandbox {mode, ok, reason, warnings} (as
+    checked at start-up),
     jobs {running, done, submissions} (done: finished since start; submissions: the ids
     being graded now),
     gpus [{index, minor, available, reason, name, uuid, sm_clock_mhz, memory_clock_mhz,
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.gpu import nvml_index
+from runner.health import WORKER_HEALTH
 from runner.measure import telemetry
 
 logger = logging.getLogger(__name__)
@@ -159,6 +162,8 @@ class WorkerState:
     queues: Callable[[], Iterable[str]]
     jobs: Callable[[], tuple[list[str], int]]  # (submission ids running, jobs done)
     health: Callable[[], str | None]  # None when healthy, else the problem
+    # Notes that do not stop the worker; the worker's own (runner/health.py) by default.
+    notes: Callable[[], list[str]] = field(default=lambda: WORKER_HEALTH.notes)
     interval_s: float = DEFAULT_INTERVAL_S
     device_class: str = "cpu"
     gpu_minors: tuple[int, ...] = ()
@@ -194,7 +199,7 @@ class WorkerState:
             "stopping": stopping,
             "queues": sorted(self.queues()),
             "device_class": self.device_class,
-            "health": {"ok": problem is None, "problem": problem},
+            "health": {"ok": problem is None, "problem": problem, "notes": list(self.notes())},
             "sandbox": self.sandbox,
             "jobs": {"running": len(submissions), "done": done, "submissions": submissions},
             "gpus": gpus,

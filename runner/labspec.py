@@ -358,7 +358,9 @@ class _Parser:
     def thresholds(
         self, raw: Any, device_classes: tuple[str, ...], where: str
     ) -> Mapping[str, float]:
-        if not isinstance(raw, dict) or not raw:
+        # An empty table is allowed: the metric is measured and shown, graded nowhere (say why
+        # in the criterion's comment and explanation).
+        if not isinstance(raw, dict):
             raise self.fail(f"{where}threshold must be a table like {{cpu = 1.0, gpu = 2.0}}")
         for device_class, value in raw.items():
             if device_class not in device_classes:

@@ -8,7 +8,6 @@ says the worker, not the learner, is at fault.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,9 @@ from runner import safeio
 from runner.broker import var_dir
 from runner.environment import describe_environment
 from runner.execute import strip_ansi
-from runner.gpu import GpuMemoryCheck, exclusive_gpus, gpu_indices
+from runner.gpu import GpuMemoryCheck, gpu_indices
+from runner.gpu_health import GpuHealthCheck, HealthVerdict
+from runner.gpu_share import GpuAdmission, Request, Ticket
 from runner.graders import load_grader
 from runner.health import WORKER_HEALTH
 from runner.labspec import LabSpec, LabSpecError, load_lab_spec, notebooks_root
@@ -61,12 +62,13 @@ def run_job(
     on_progress: ProgressCallback | None = None,
     keep_workdir: bool | None = None,
     gpu_check: GpuMemoryCheck | None = None,
+    gpu_health: GpuHealthCheck | None = None,
 ) -> dict[str, Any]:
     """Grade one job and return its report dict (see runner.schema).
 
     `on_progress(stage, **info)` hears "starting", "running" (cell=, cells=), "grading" and,
-    last and always, "done" (status=). `gpu_check` replaces the NVML check a GPU node makes
-    after each job (tests pass one with a fake NVML).
+    last and always, "done" (status=). `gpu_check` and `gpu_health` replace the NVML checks a
+    GPU node makes after and before each job (tests pass them with a fake NVML).
     """
     progress = on_progress or (lambda stage, **info: None)
     report = _run_job(
@@ -77,6 +79,7 @@ def run_job(
         progress=progress,
         keep_workdir=keep_workdir,
         gpu_check=gpu_check,
+        gpu_health=gpu_health,
     )
     progress("done", status=report["status"])
     return report
@@ -91,6 +94,7 @@ def _run_job(
     progress: ProgressCallback,
     keep_workdir: bool | None,
     gpu_check: GpuMemoryCheck | None,
+    gpu_health: GpuHealthCheck | None,
 ) -> dict[str, Any]:
     try:
         parsed = parse_job(job)
@@ -137,26 +141,76 @@ def _run_job(
     keep = keep_workdir if keep_workdir is not None else os.environ.get(KEEP_ENV) == "1"
     gpus = gpu_indices(policy.gpu_devices)
     check = gpu_check if gpu_check is not None else (_gpu_check(gpus) if gpus else None)
-    with exclusive_gpus(gpus) if gpus else contextlib.nullcontext():
-        try:
-            if check:
-                check.before_job()
-            return _execute_and_grade(parsed, spec, clean, jobdir, policy, limits, progress, report)
-        except Exception as exc:  # a bug of ours must still end in a report, not a lost job
-            if type(exc).__name__ == "SoftTimeLimitExceeded":
-                raise  # Celery's backstop: the worker task turns it into a timeout report
-            logger.exception("grading %s attempt %s failed", parsed.submission_id, parsed.attempt)
-            return report.error(
-                f"The worker hit an internal error while grading ({type(exc).__name__}: {exc}); "
-                "this is not your code's fault."
+    health = gpu_health if gpu_health is not None else (_gpu_health(gpus) if gpus else None)
+    request = gpu_request(spec)
+
+    def before(ticket: Ticket) -> HealthVerdict:
+        # Runs once the job has its GPU slot; when it is alone there, nobody else may enter
+        # until it returns (runner/gpu_share.py), so what it reads is the idle GPU.
+        verdict = (
+            health.before_job(alone=ticket.alone, timing=request.exclusive)
+            if health
+            else HealthVerdict()
+        )
+        if verdict.problem is None and check:
+            check.before_job(alone=ticket.alone, idle_used=ticket.idle_used_bytes)
+        return verdict
+
+    ticket: Ticket | None = None
+    try:
+        # The last job to leave the GPU checks its memory (check.after_job), after every
+        # sandbox of the job is gone and before any other job may enter.
+        with GpuAdmission(gpus).slot(
+            request, before=before, after=check.after_job if check else None
+        ) as ticket:
+            return _grade_in_slot(
+                ticket, parsed, spec, clean, jobdir, policy, limits, progress, report
             )
-        finally:
-            if not keep:
-                shutil.rmtree(jobdir, ignore_errors=True)
-            # Every sandbox of the job is gone by now; the GPUs must be as they were.
-            problem = check.after_job() if check else None
-            if problem:
-                WORKER_HEALTH.fail(problem)
+    except Exception as exc:  # a bug of ours must still end in a report, not a lost job
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            raise  # Celery's backstop: the worker task turns it into a timeout report
+        logger.exception("grading %s attempt %s failed", parsed.submission_id, parsed.attempt)
+        return report.error(
+            f"The worker hit an internal error while grading ({type(exc).__name__}: {exc}); "
+            "this is not your code's fault."
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(jobdir, ignore_errors=True)
+        problem = ticket.after_result if ticket else None
+        if problem:
+            WORKER_HEALTH.fail(problem)
+
+
+def gpu_request(spec: LabSpec) -> Request:
+    """What a job of this lab asks of its GPU: alone (it times something; the default), or a
+    shared slot with the memory the lab declares (runner/routing.py)."""
+    requirements = spec.requirements
+    if requirements.exclusive:
+        return Request(exclusive=True)
+    return Request(exclusive=False, memory_bytes=(requirements.job_gpu_memory_mib or 0) << 20)
+
+
+def _grade_in_slot(
+    ticket: Ticket,
+    job: Job,
+    spec: LabSpec,
+    clean: Any,
+    jobdir: Path,
+    policy: SandboxPolicy,
+    limits: ResourceLimits,
+    progress: ProgressCallback,
+    report: _Reporter,
+) -> dict[str, Any]:
+    verdict = ticket.before_result or HealthVerdict()
+    if ticket.mode != "none":
+        report.environment["gpu_slot"] = ticket.describe() | {"health_notes": list(verdict.notes)}
+    if verdict.problem:
+        WORKER_HEALTH.fail(verdict.problem)
+    # Also when another process of this worker failed while this job waited for its slot.
+    if not WORKER_HEALTH.ok:
+        return report.error(WORKER_HEALTH.refusal())
+    return _execute_and_grade(job, spec, clean, jobdir, policy, limits, progress, report)
 
 
 def sandbox_limits(job: Job, spec: LabSpec) -> ResourceLimits:
@@ -177,6 +231,7 @@ def sandbox_limits(job: Job, spec: LabSpec) -> ResourceLimits:
 
 
 _GPU_CHECKS: dict[tuple[int, ...], GpuMemoryCheck] = {}
+_GPU_HEALTH: dict[tuple[int, ...], GpuHealthCheck] = {}
 
 
 def _gpu_check(indices: tuple[int, ...]) -> GpuMemoryCheck:
@@ -184,6 +239,13 @@ def _gpu_check(indices: tuple[int, ...]) -> GpuMemoryCheck:
     if indices not in _GPU_CHECKS:
         _GPU_CHECKS[indices] = GpuMemoryCheck(indices=indices)
     return _GPU_CHECKS[indices]
+
+
+def _gpu_health(indices: tuple[int, ...]) -> GpuHealthCheck:
+    """One per worker process: it keeps NVML open and its Xid event sets between jobs."""
+    if indices not in _GPU_HEALTH:
+        _GPU_HEALTH[indices] = GpuHealthCheck(indices=indices)
+    return _GPU_HEALTH[indices]
 
 
 def _execute_and_grade(

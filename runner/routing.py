@@ -8,6 +8,14 @@ A lab states what its GPU jobs need in lab.toml:
     # or, instead of both:
     gpu_model = "h100"          # exactly this model (names as model_slug() makes them)
 
+    # A lab whose GPU jobs time nothing (correctness only) may let them share a GPU:
+    exclusive = false           # default true: every job has the GPU to itself
+    job_gpu_memory_mib = 2000   # the most GPU memory one job uses (MiB), required then
+
+Sharing does not change the queue; it decides how a worker admits the job to its GPU
+(runner/gpu_share.py). `gpu_memory_gb` is the size of the card, `job_gpu_memory_mib` what
+one job takes of it, every process and CUDA context of the job included.
+
 and every GPU job of the lab goes to one queue that encodes that need:
 
     cpu                          device_class "cpu"
@@ -33,16 +41,22 @@ _QUEUE = re.compile(r"^gpu(?:\.sm(?P<sm>\d{2,3}))?(?:\.mem(?P<mem>\d+)g)?$")
 _MODEL_QUEUE = re.compile(r"^gpu\.(?P<model>[a-z][a-z0-9]*)$")
 _CAPABILITY = re.compile(r"^(\d{1,2})\.(\d)$")
 _MODEL_SLUG = re.compile(r"^[a-z][a-z0-9]*$")
-REQUIREMENT_KEYS = frozenset({"gpu_memory_gb", "compute_capability", "gpu_model"})
+REQUIREMENT_KEYS = frozenset(
+    {"gpu_memory_gb", "compute_capability", "gpu_model", "exclusive", "job_gpu_memory_mib"}
+)
 
 
 @dataclass(frozen=True)
 class GpuRequirements:
-    """What a lab's GPU jobs need; all None: any GPU."""
+    """What a lab's GPU jobs need; all None: any GPU. `exclusive` false with
+    `job_gpu_memory_mib`: its jobs time nothing and may share a GPU, using at most that much
+    of its memory."""
 
     gpu_memory_gb: int | None = None
     compute_capability: tuple[int, int] | None = None
     gpu_model: str | None = None
+    exclusive: bool = True
+    job_gpu_memory_mib: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +65,8 @@ class GpuRequirements:
                 "{}.{}".format(*self.compute_capability) if self.compute_capability else None
             ),
             "gpu_model": self.gpu_model,
+            "exclusive": self.exclusive,
+            "job_gpu_memory_mib": self.job_gpu_memory_mib,
         }
 
 
@@ -85,8 +101,28 @@ def parse_requirements(raw: Any, fail: Callable[[str], Exception]) -> GpuRequire
             raise fail('requirements.gpu_model must be a lowercase model name such as "h100"')
         if memory is not None or capability is not None:
             raise fail("requirements.gpu_model names one model: leave out memory and capability")
+    exclusive = raw.get("exclusive", True)
+    if not isinstance(exclusive, bool):
+        raise fail("requirements.exclusive must be true or false")
+    job_memory = raw.get("job_gpu_memory_mib")
+    if exclusive and job_memory is not None:
+        raise fail(
+            "requirements.job_gpu_memory_mib is only for labs whose jobs share a GPU: "
+            "set exclusive = false, or leave it out"
+        )
+    if not exclusive and (
+        isinstance(job_memory, bool) or not isinstance(job_memory, int) or job_memory < 1
+    ):
+        raise fail(
+            "requirements.exclusive = false needs job_gpu_memory_mib: the most GPU memory one "
+            "job uses, in MiB (a whole number, every process and CUDA context included)"
+        )
     return GpuRequirements(
-        gpu_memory_gb=memory, compute_capability=parsed_capability, gpu_model=model
+        gpu_memory_gb=memory,
+        compute_capability=parsed_capability,
+        gpu_model=model,
+        exclusive=exclusive,
+        job_gpu_memory_mib=job_memory,
     )
 
 
@@ -95,6 +131,7 @@ def queue_for(device_class: str, requirements: GpuRequirements | None = None) ->
     if device_class != "gpu":
         return device_class
     requirements = requirements or GpuRequirements()
+    # Sharing (exclusive, job_gpu_memory_mib) is decided on the GPU, not by the queue.
     if requirements.gpu_model:
         return f"gpu.{requirements.gpu_model}"
     queue = "gpu"

@@ -33,6 +33,7 @@ from runner.graders.base import (
     trusted,
     verdict,
 )
+from runner.graders.charts import bars_svg
 from runner.graders.quantization_lab import (
     ADAPTER,
     GRADER_QUANTIZER,
@@ -44,6 +45,7 @@ from runner.graders.quantization_lab import (
     draw_windows,
 )
 from runner.graders.quantization_scoring import counted_bytes, quality
+from runner.graders.reporting import svg_plot
 from runner.graders.softmax_lab import timing_cpus
 from runner.harness.client import Entry, HarnessFailure, ServedFunction
 from runner.labspec import LabSpec
@@ -391,8 +393,56 @@ class _Run:
             message=message,
             criteria=criteria,
             metrics=self.metrics,
+            plots=self._plots(),
             log_tail=log_tail,
         )
+
+    def _plots(self) -> list[dict[str, str]]:
+        """Decode speed per batch, bytes and quality, for the full-precision model and each
+        method that was measured: the results page shows them beside the criteria table."""
+        methods = [m for m in METHODS if m in self.metrics.get("methods", {})]
+        if not methods:
+            return []
+        summaries = self.metrics["methods"]
+        plots = []
+        speeds = {name: self.speed[name] for name in ("baseline", *methods) if name in self.speed}
+        if speeds:
+            batches = sorted({b for speed in speeds.values() for b in speed}, key=int)
+            where = self.metrics["weights"]["speed"]
+            plots.append(
+                svg_plot(
+                    "Decode tokens/s by batch size",
+                    bars_svg(
+                        f"Decode tokens/s ({where})",
+                        groups=[f"batch {b}" for b in batches],
+                        series={
+                            ("full precision" if name == "baseline" else name): [
+                                speed.get(b, {}).get("decode_tokens_per_s") for b in batches
+                            ]
+                            for name, speed in speeds.items()
+                        },
+                        unit="tokens/s",
+                    ),
+                )
+            )
+        plots.append(
+            svg_plot(
+                "Weight bytes and quality",
+                bars_svg(
+                    "Bytes (x bf16 layers), perplexity increase (%), KL (x100)",
+                    groups=["bytes ratio", "perplexity +%", "KL x100"],
+                    series={
+                        method: [
+                            summaries[method].get("bytes", {}).get("ratio"),
+                            summaries[method].get("quality", {}).get("perplexity_increase_pct"),
+                            _times(summaries[method].get("quality", {}).get("kl"), 100),
+                        ]
+                        for method in methods
+                    },
+                ),
+            )
+        )
+        return plots
 
     def _why_missing(self, metric: str) -> str:
         for method, prefix in METRIC_PREFIX.items():
@@ -404,3 +454,7 @@ class _Run:
         if "speedup" in metric:
             return "decode speed is only compared on GPU nodes' shapes."
         return "it could not be measured."
+
+
+def _times(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor

@@ -96,7 +96,11 @@ class ServedFunction:
         max_payload_bytes: int = 1 << 30,
         env: dict[str, str] | None = None,
         locate: Callable[[int], tuple[int, int] | None] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        """`pass_fds`: descriptors the child inherits under the same numbers, e.g. a listening
+        socket the grader made (the sandbox has no network and no host folder, so a server in
+        it can only accept on a socket handed in)."""
         self.entry = entry
         self.locate = locate
         self.log_path = log_path
@@ -130,6 +134,7 @@ class ServedFunction:
                 stdout=from_child_w,
                 stderr=log,
                 inputs=inputs,
+                pass_fds=pass_fds,
             )
         finally:
             os.close(log)

@@ -96,6 +96,19 @@ def test_a_stopped_and_an_unhealthy_worker_say_so(staff):
     assert "Unhealthy, takes no jobs:</strong> GPU memory did not return" in page
 
 
+def test_a_health_note_is_shown_beside_a_healthy_worker(staff):
+    noted = heartbeat("gpu0@node1")
+    noted["health"] = {
+        "ok": True,
+        "problem": None,
+        "notes": ["Xid events cannot be registered on GPU 0: skipped", 7, "bad\x00text"],
+    }
+    record_heartbeat(noted)
+    page = staff.get("/fleet/").content.decode()
+    assert "Health: ok · note: Xid events cannot be registered on GPU 0: skipped" in page
+    assert "bad" not in page.split("Health: ok", 1)[1].split("</p>", 1)[0]
+
+
 def test_queue_depths_per_queue_and_jobs_per_hour(staff, lab):
     now = timezone.now()
     make = Submission.objects.create

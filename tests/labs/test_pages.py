@@ -21,6 +21,26 @@ def test_the_lab_page_shows_the_criteria_per_device_class(client, lab):
     assert 'name="csrfmiddlewaretoken"' in body
 
 
+def test_a_criterion_graded_nowhere_is_listed_as_shown_only(client, lab):
+    lab.criteria = [
+        *lab.criteria,
+        {
+            "name": "int8_speed",
+            "metric": "int8_speedup",
+            "comparator": ">=",
+            "unit": "x",
+            "explanation": "Shown beside your result.",
+            "hint": "",
+            "threshold": {},
+        },
+    ]
+    lab.save()
+    body = client.get("/labs/pilot/").content.decode()
+    assert "Measured and shown with your result, graded nowhere:" in body
+    assert "<strong>int8_speed</strong> (<code>int8_speedup</code>): Shown beside" in body
+    assert '<th scope="row">int8_speed</th>' not in body  # in no device class's table
+
+
 def test_the_phase_page_links_its_labs(client, lab):
     body = client.get("/phases/advanced-optimization/").content.decode()
     assert 'href="/labs/pilot/"' in body

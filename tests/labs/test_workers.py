@@ -137,7 +137,7 @@ def test_bad_fields_are_dropped_not_trusted():
     assert gpu["clock_event_reasons"] == ["SwPowerCap"] and gpu["throttled"] is False
     assert gpu["sm_clock_mhz"] == 1980  # the good readings stay
     assert worker.queues == ["gpu"] and worker.device_class == ""
-    assert worker.health == {"ok": False, "problem": "GPU memory did not return"}
+    assert worker.health == {"ok": False, "problem": "GPU memory did not return", "notes": []}
     assert worker.jobs == {"running": 1, "done": 0, "submissions": ["ok-1"]}
     assert worker.sandbox == {"mode": None, "ok": False, "reason": None, "warnings": []}
     assert worker.payload["sent_at"] is None and worker.payload["interval_s"] is None

@@ -95,6 +95,22 @@ def test_the_baseline_is_the_one_before_the_first_job():
     assert check.after_job() is not None  # 100 MiB over the first baseline
 
 
+def test_a_job_that_entered_beside_others_adopts_the_idle_gpus_baseline():
+    check = check_with({0: 9000 * MIB}, {0: 520 * MIB})  # others' memory is in use now
+    check.before_job(alone=False, idle_used={0: 500 * MIB})
+    assert check.baseline == {0: 500 * MIB}
+    assert check.nvml.inits == 0  # nothing read while other jobs hold memory
+    assert check.after_job() is None
+
+
+def test_without_an_idle_reading_the_baseline_waits_for_a_job_that_enters_alone():
+    check = check_with({0: 300 * MIB})
+    check.before_job(alone=False, idle_used={})
+    assert check.baseline is None and check.after_job() is None
+    check.before_job(alone=True)
+    assert check.baseline == {0: 300 * MIB}
+
+
 def test_an_nvml_failure_after_a_job_is_unhealthy_too():
     check = check_with({0: 0})
     check.before_job()

@@ -80,6 +80,7 @@ def state(**overrides) -> heartbeat.WorkerState:
         "queues": lambda: ["gpu.sm90", "gpu"],
         "jobs": lambda: (["sub-1"], 4),
         "health": lambda: None,
+        "notes": lambda: [],
         "interval_s": 15.0,
         "device_class": "gpu",
         "gpu_minors": (0,),
@@ -98,7 +99,7 @@ def test_a_heartbeat_says_who_what_and_how_each_gpu_is_doing():
     assert payload["queues"] == ["gpu", "gpu.sm90"] and payload["device_class"] == "gpu"
     assert payload["seq"] == 1 and payload["stopping"] is False
     assert payload["started_at"] == 1_800_000_000 and payload["sent_at"] > payload["started_at"]
-    assert payload["health"] == {"ok": True, "problem": None}
+    assert payload["health"] == {"ok": True, "problem": None, "notes": []}
     assert payload["sandbox"]["mode"] == "bwrap"
     assert payload["jobs"] == {"running": 1, "done": 4, "submissions": ["sub-1"]}
     assert payload["gpu_note"] is None
@@ -129,7 +130,14 @@ def test_an_unhealthy_worker_says_why():
     assert payload["health"] == {
         "ok": False,
         "problem": "GPU memory did not return to its baseline",
+        "notes": [],
     }
+
+
+def test_a_heartbeat_carries_the_notes_that_do_not_stop_the_worker():
+    note = "NVML cannot report GPU 0's Xid errors here (NotSupported): ..."
+    payload = state(notes=lambda: [note]).payload()
+    assert payload["health"] == {"ok": True, "problem": None, "notes": [note]}
 
 
 def test_a_cpu_worker_sends_no_gpu_fields_and_no_note():
@@ -270,6 +278,24 @@ def test_a_problem_found_in_a_pool_process_is_seen_by_the_main_process():
     assert not health.ok
     health.reset()
     assert health.ok and health.problem is None
+
+
+def test_a_note_taken_in_a_pool_process_is_seen_by_the_main_process_once():
+    health = WorkerHealth()
+    pid = os.fork()
+    if pid == 0:
+        health.note("NVML cannot report GPU 0's Xid errors here")
+        health.note("NVML cannot report GPU 0's Xid errors here")  # another job, same news
+        os._exit(0)
+    os.waitpid(pid, 0)
+    health.note("NVML cannot list GPU 0's processes here")
+    assert health.notes == [
+        "NVML cannot report GPU 0's Xid errors here",
+        "NVML cannot list GPU 0's processes here",
+    ]
+    assert health.ok  # notes do not stop the worker
+    health.reset()
+    assert health.notes == []
 
 
 @pytest.fixture

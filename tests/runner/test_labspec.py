@@ -99,6 +99,12 @@ def test_a_criterion_without_a_threshold_for_a_device_class_is_not_evaluated_the
     assert speed.threshold_for("gpu") == 0.9
 
 
+def test_an_empty_threshold_table_means_measured_and_shown_but_graded_nowhere(lab_copy):
+    edit(lab_copy, "threshold = { cpu = 0.8, gpu = 0.8 }", "threshold = {}")
+    speed = load_lab_spec(lab_copy).criteria[2]
+    assert speed.threshold_for("cpu") is None and speed.threshold_for("gpu") is None
+
+
 # --- Rubric items ([[rubric]]), scored by instructors on the web side ------------------------
 
 RUBRIC_ITEM = """

@@ -70,7 +70,12 @@ def test_the_lab_is_defined_under_the_serving_and_quantization_milestone(quantiz
     assert quantization_spec.solution == "quantize"
     speed = [c for c in quantization_spec.criteria if "speed" in c.name]
     assert speed and all(c.threshold_for("cpu") is None for c in speed)
-    assert all(c.threshold_for("gpu") is not None for c in quantization_spec.criteria)
+    # Every criterion is graded on GPU nodes but INT8 decode speed, which is shown only (torch
+    # has no fast int8 weight-only kernel on CUDA: lab.toml has the measurements).
+    graded_on_gpu = {
+        c.name for c in quantization_spec.criteria if c.threshold_for("gpu") is not None
+    }
+    assert graded_on_gpu == {c.name for c in quantization_spec.criteria} - {"int8_decode_speed"}
 
 
 def test_the_secret_seed_draws_held_out_and_calibration_windows_reproducibly(quantization_spec):
@@ -158,6 +163,11 @@ def test_the_reference_passes_on_cpu_through_the_pipeline(policy, tmp_path):
     speed = criterion(report, "int8_decode_speed")
     assert speed["evaluated"] is False and speed["measured"] is not None
     assert metrics["methods"]["int8"]["speed"]["1"]["decode_tokens_per_s"] > 0
+    # The results page's plots: decode speed by batch, and bytes with quality, per method.
+    assert [p["name"] for p in report["plots"]] == [
+        "Decode tokens/s by batch size",
+        "Weight bytes and quality",
+    ]
     assert (
         "Not evaluated on cpu" in report["message"] or "not evaluated on cpu" in report["message"]
     )

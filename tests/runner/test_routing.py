@@ -58,11 +58,41 @@ def test_requirements_name_the_queue(raw, queue):
         ({"gpu_model": "H100"}, "lowercase model name"),
         ({"gpu_model": "sm90"}, "lowercase model name"),
         ({"gpu_model": "h100", "gpu_memory_gb": 80}, "leave out memory and capability"),
+        ({"exclusive": "no"}, "requirements.exclusive must be true or false"),
+        ({"exclusive": False}, "exclusive = false needs job_gpu_memory_mib"),
+        ({"exclusive": False, "job_gpu_memory_mib": 0}, "needs job_gpu_memory_mib"),
+        ({"exclusive": False, "job_gpu_memory_mib": 1.5}, "needs job_gpu_memory_mib"),
+        ({"job_gpu_memory_mib": 2000}, "only for labs whose jobs share a GPU"),
     ],
 )
 def test_bad_requirements_are_refused_with_the_reason(raw, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         parse(raw)
+
+
+def test_jobs_are_exclusive_unless_the_lab_declares_them_correctness_only():
+    assert parse(None).exclusive is True
+    shared = parse({"exclusive": False, "job_gpu_memory_mib": 2000, "gpu_memory_gb": 16})
+    assert (shared.exclusive, shared.job_gpu_memory_mib) == (False, 2000)
+    assert queue_for("gpu", shared) == "gpu.mem16g"  # sharing does not change the queue
+    assert shared.to_dict()["exclusive"] is False
+    assert shared.to_dict()["job_gpu_memory_mib"] == 2000
+
+
+def test_a_correctness_only_lab_asks_its_gpu_for_a_shared_slot(tmp_path):
+    import shutil
+
+    from runner.gpu_share import Request
+    from runner.pipeline import gpu_request
+
+    assert gpu_request(load_lab_spec(LAB)) == Request(exclusive=True)
+    folder = tmp_path / "softmax"
+    shutil.copytree(LAB, folder)
+    toml = folder / "lab.toml"
+    toml.write_text(
+        toml.read_text() + "\n[requirements]\nexclusive = false\njob_gpu_memory_mib = 2000\n"
+    )
+    assert gpu_request(load_lab_spec(folder)) == Request(exclusive=False, memory_bytes=2000 << 20)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +197,27 @@ def test_each_worker_is_pinned_to_its_own_gpu():
     assert argv[argv.index("-n") + 1] == "gpu1@%h"
     assert argv[argv.index("--concurrency") + 1] == "1"
     assert "CUDA_VISIBLE_DEVICES=GPU-cccc" in commands[1].describe()
+
+
+def test_gpu_workers_share_prints_each_workers_concurrency(monkeypatch, capsys):
+    from runner import gpu_workers
+
+    monkeypatch.setattr(gpu_workers, "discover_gpus", lambda: [H100])
+    monkeypatch.setattr("runner.labspec.load_lab_specs", lambda: {})
+    assert gpu_workers.main(["--dry-run", "--share", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "# GPU 0: NVIDIA H100 80GB HBM3, up to 2 jobs at once" in out
+    assert " --concurrency 2 " in out
+    assert gpu_workers.main(["--dry-run"]) == 0
+    assert " --concurrency 1 " in capsys.readouterr().out  # today's default: one at a time
+
+
+def test_gpu_workers_refuses_a_share_below_one(capsys):
+    from runner import gpu_workers
+
+    with pytest.raises(SystemExit):
+        gpu_workers.main(["--dry-run", "--share", "0"])
+    assert "must be a whole number of jobs, at least 1" in capsys.readouterr().err
 
 
 def test_the_softmax_lab_needs_any_gpu():
