@@ -10,17 +10,18 @@ The generated .ipynb files are committed; tests read them as real uploads would 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 HERE = Path(__file__).resolve().parent
-FIXTURES = HERE / "fixtures"
+sys.path.insert(0, str(HERE.parent))  # notebooks/notebook_build.py
 
-LOCKED = {"deletable": False, "editable": False, "tags": ["protected"]}
+from notebook_build import LOCKED, notebook  # noqa: E402
+
+FIXTURES = HERE / "fixtures"
 
 INTRO = """\
 # Quantization: INT8, INT4 and GPTQ on a real Llama
@@ -559,19 +560,6 @@ fails its criteria with the reason; the others are still graded.
 """
 
 
-def formatted(source: str) -> str:
-    """The cell as `ruff format` writes it (the repository's lint checks notebooks too), so
-    that the strings above can stay readable and fixtures can be made by str.replace."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--line-length", "100", "-"],
-        input=source,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout if done.returncode == 0 else source
-
-
 def build(solution: str, *, extra: list | None = None):
     """The starter notebook with `solution` as its solution cell; extra cells are learner
     cells."""
@@ -593,18 +581,7 @@ def build(solution: str, *, extra: list | None = None):
         new_markdown_cell(SUBMIT_MD, id="submit-md"),
         *(extra or []),
     ]
-    for cell in cells:
-        if cell.cell_type == "code":
-            cell.source = formatted(cell.source)
-        # As Jupyter and `ruff format` store them: no trailing newline.
-        cell.source = cell.source.rstrip("\n")
-    nb = new_notebook(cells=cells)
-    nb.metadata = {
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-        "language_info": {"name": "python"},
-    }
-    nbformat.validate(nb)
-    return nb
+    return notebook(cells)
 
 
 # Known wrong: 4-bit values stored one per byte. Quality as the reference; fails int4_bytes and

@@ -11,17 +11,18 @@ The generated .ipynb files are committed; tests read them as real uploads would 
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 HERE = Path(__file__).resolve().parent
-FIXTURES = HERE / "fixtures"
+sys.path.insert(0, str(HERE.parent))  # notebooks/notebook_build.py
 
-LOCKED = {"deletable": False, "editable": False, "tags": ["protected"]}
+from notebook_build import LOCKED, notebook  # noqa: E402
+
+FIXTURES = HERE / "fixtures"
 
 INTRO = """\
 # Serving: continuous batching with a paged KV cache
@@ -248,18 +249,6 @@ over a Unix socket. Graded:
 """
 
 
-def formatted(source: str) -> str:
-    """The cell as `ruff format` writes it (the repository's lint checks notebooks too)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--line-length", "100", "-"],
-        input=source,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout if done.returncode == 0 else source
-
-
 def without_docstring(path: Path) -> str:
     """A module's source from its first import on: the solution cell needs no module docstring
     (it says where the file lives, which a learner's notebook does not)."""
@@ -323,17 +312,7 @@ def build(solution: str):
         new_code_cell(VLLM_CODE, id="vllm", metadata=dict(LOCKED)),
         new_markdown_cell(SUBMIT_MD, id="submit-md"),
     ]
-    for cell in cells:
-        if cell.cell_type == "code":
-            cell.source = formatted(cell.source)
-        cell.source = cell.source.rstrip("\n")
-    nb = new_notebook(cells=cells)
-    nb.metadata = {
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-        "language_info": {"name": "python"},
-    }
-    nbformat.validate(nb)
-    return nb
+    return notebook(cells)
 
 
 def fixtures() -> dict[str, object]:

@@ -40,6 +40,7 @@ from runner.graders.serving_lab import (
     ADAPTER,
     BASELINE,
     MODEL_NAME,
+    Comparison,
     Options,
     Workload,
     compare_tokens,
@@ -245,22 +246,19 @@ class _Run:
             runs["candidate"].append(
                 self._load(candidate_url, burst, rate=float("inf"), seed=round_)
             )
+        # Each run summarised once, with the percentiles the report shows.
+        summaries = {
+            side: [r.summary(percentiles=PERCENTILES) for r in results]
+            for side, results in runs.items()
+        }
         first = runs["candidate"][0]
-        comparison = compare_tokens(
-            [o.token_ids if o.success else None for o in first.outputs],
-            self.reference_tokens,
-            tie_margin=self.options.tie_margin,
-        )
-        baseline_check = compare_tokens(
-            [o.token_ids if o.success else None for o in runs["baseline"][0].outputs],
-            self.reference_tokens,
-            tie_margin=self.options.tie_margin,
-        )
+        comparison = self._compare(first)
+        baseline_check = self._compare(runs["baseline"][0])
         if baseline_check.correct_fraction < 1.0:
             raise GraderBroken(
                 f"the static baseline's tokens differ from the reference: {baseline_check.wrong}"
             )
-        completed = [r.summary()["completed"] / len(burst) for r in runs["candidate"]]
+        completed = [s["completed"] / len(burst) for s in summaries["candidate"]]
         self.measured["correct_fraction"] = round(comparison.correct_fraction, 4)
         self.measured["completed_fraction"] = round(min(completed), 4)
         self.mismatches = comparison.wrong
@@ -268,8 +266,7 @@ class _Run:
         if errors:
             self.candidate_failure = errors[0]
         throughput = {
-            side: [r.summary()["output_throughput"] for r in results]
-            for side, results in runs.items()
+            side: [s["output_throughput"] for s in results] for side, results in summaries.items()
         }
         base = statistics.fmean(throughput["baseline"])
         cand = statistics.fmean(throughput["candidate"])
@@ -284,8 +281,8 @@ class _Run:
             "output_throughput": throughput,
             "ties": comparison.ties,
             "exact": comparison.exact,
-            "baseline": runs["baseline"][0].summary(percentiles=PERCENTILES),
-            "candidate": first.summary(percentiles=PERCENTILES),
+            "baseline": summaries["baseline"][0],
+            "candidate": summaries["candidate"][0],
         }
         self.plots.append(
             svg_plot(
@@ -297,6 +294,13 @@ class _Run:
                     }
                 ),
             )
+        )
+
+    def _compare(self, result: LoadResult) -> Comparison:
+        return compare_tokens(
+            [o.token_ids if o.success else None for o in result.outputs],
+            self.reference_tokens,
+            tie_margin=self.options.tie_margin,
         )
 
     def slo(self, baseline_url: str, candidate_url: str, stream: Workload) -> None:

@@ -169,10 +169,16 @@ def served_engine(engine, *, model_name: str = MODEL_NAME) -> Iterator[str]:
 
 
 def check_tokens(
-    scheduler_class, block_manager_class, workload: Workload, *, settings: dict[str, Any]
+    scheduler_class,
+    block_manager_class,
+    workload: Workload,
+    *,
+    settings: dict[str, Any],
+    tie_margin: float = 1e-3,
 ) -> dict[str, Any]:
     """Your engine's tokens (every request at once, in process) against each prompt generated
-    alone by the HF model. Prints the first differences; returns the counts."""
+    alone by the HF model; `tie_margin` as lab.toml's (float32). Prints the first
+    differences; returns the counts."""
     from runner.graders.serving_lab import compare_tokens
     from runner.serving.engine import greedy_alone
 
@@ -183,7 +189,6 @@ def check_tokens(
     for prompt, max_tokens in zip(workload.prompts, workload.max_tokens, strict=True):
         out = greedy_alone(model, prompt, max_tokens, eos_token_id=None, ignore_eos=True)
         reference.append({"token_ids": out.token_ids, "margins": out.margins})
-    tie_margin = 1e-3 if settings["dtype"] == "float32" else 0.1
     comparison = compare_tokens(got, reference, tie_margin=tie_margin)
     result = {
         "requests": len(workload),

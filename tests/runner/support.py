@@ -42,6 +42,35 @@ def make_job(notebook: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return job
 
 
+def solution_grader(grader: Any, spec: Any, policy: Any, tmp_path_factory: Any):
+    """grade(notebook path) -> the GradeResult of its solution cells alone, graded on CPU with
+    SEED by `grader` (a runner.graders module): the grading without the notebook run. Each
+    notebook is graded once; a module-scoped fixture keeps the results."""
+    import nbformat
+
+    from runner.notebook import extract_solution
+
+    cache: dict[str, Any] = {}
+
+    def grade(path: Path):
+        if path.name not in cache:
+            workdir = tmp_path_factory.mktemp(path.stem)
+            (workdir / "candidate").mkdir()
+            solution = workdir / "candidate" / "solution.py"
+            solution.write_text(extract_solution(nbformat.read(path, as_version=4)).text)
+            cache[path.name] = grader.grade(
+                spec=spec,
+                solution_path=solution,
+                seed=SEED,
+                device_class="cpu",
+                workdir=workdir,
+                sandbox=policy,
+            )
+        return cache[path.name]
+
+    return grade
+
+
 def read_notebook(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -33,10 +33,9 @@ from runner.graders.profiling_scoring import (
 )
 from runner.graders.profiling_truth import measure, peak_in_range
 from runner.labspec import load_lab_spec
-from runner.notebook import extract_solution
 from runner.pipeline import run_job
 from runner.schema import check_report
-from tests.runner.support import REPO, SEED, criterion, make_job, read_notebook
+from tests.runner.support import REPO, SEED, criterion, make_job, read_notebook, solution_grader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,28 +74,8 @@ def graded(policy, tmp_path_factory):
 @pytest.fixture(scope="module")
 def graded_solution(policy, profiling_spec, tmp_path_factory):
     """graded_solution(fixture name) -> GradeResult of its solution cells alone."""
-    import nbformat
-
-    cache: dict[str, Any] = {}
-
-    def grade(name: str):
-        if name not in cache:
-            workdir = tmp_path_factory.mktemp(name.removesuffix(".ipynb"))
-            (workdir / "candidate").mkdir()
-            notebook = nbformat.read(FIXTURES / name, as_version=4)
-            solution = workdir / "candidate" / "solution.py"
-            solution.write_text(extract_solution(notebook).text)
-            cache[name] = profiling.grade(
-                spec=profiling_spec,
-                solution_path=solution,
-                seed=SEED,
-                device_class="cpu",
-                workdir=workdir,
-                sandbox=policy,
-            )
-        return cache[name]
-
-    return grade
+    grade = solution_grader(profiling, profiling_spec, policy, tmp_path_factory)
+    return lambda name: grade(FIXTURES / name)
 
 
 def failed_criteria(report: dict[str, Any]) -> list[str]:

@@ -6,9 +6,6 @@ their solution cells alone (the same grading without the notebook run).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -19,10 +16,9 @@ from runner.graders.quantization_lab import Options, draw_windows
 from runner.graders.quantization_reference import round_to_nearest_int4
 from runner.graders.quantization_scoring import counted_bytes, quality
 from runner.labspec import load_lab_spec
-from runner.notebook import extract_solution
 from runner.pipeline import run_job
 from runner.schema import check_report
-from tests.runner.support import REPO, SEED, criterion, make_job, read_notebook
+from tests.runner.support import REPO, SEED, criterion, make_job, read_notebook, solution_grader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,27 +34,7 @@ def quantization_spec():
 @pytest.fixture(scope="module")
 def graded_solution(policy, quantization_spec, tmp_path_factory):
     """graded_solution(notebook path) -> GradeResult of its solution cells alone."""
-    import nbformat
-
-    cache: dict[str, Any] = {}
-
-    def grade(path: Path):
-        if path.name not in cache:
-            workdir = tmp_path_factory.mktemp(path.stem)
-            (workdir / "candidate").mkdir()
-            solution = workdir / "candidate" / "solution.py"
-            solution.write_text(extract_solution(nbformat.read(path, as_version=4)).text)
-            cache[path.name] = quantization.grade(
-                spec=quantization_spec,
-                solution_path=solution,
-                seed=SEED,
-                device_class="cpu",
-                workdir=workdir,
-                sandbox=policy,
-            )
-        return cache[path.name]
-
-    return grade
+    return solution_grader(quantization, quantization_spec, policy, tmp_path_factory)
 
 
 def failed(result) -> list[str]:

@@ -6,7 +6,6 @@ and cheating solutions graded from their solution cells alone.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +13,10 @@ import pytest
 from runner.graders import serving
 from runner.graders.serving_lab import Options, compare_tokens, draw_workload
 from runner.labspec import load_lab_spec
-from runner.notebook import extract_solution
 from runner.pipeline import run_job
 from runner.schema import check_report
-from tests.runner.support import REPO, SEED, criterion, make_job, read_notebook
+from runner.serving import lab_tools
+from tests.runner.support import REPO, SEED, criterion, make_job, read_notebook, solution_grader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,27 +32,7 @@ def serving_spec():
 @pytest.fixture(scope="module")
 def graded_solution(policy, serving_spec, tmp_path_factory):
     """graded_solution(notebook path) -> GradeResult of its solution cells alone."""
-    import nbformat
-
-    cache: dict[str, Any] = {}
-
-    def grade(path: Path):
-        if path.name not in cache:
-            workdir = tmp_path_factory.mktemp(path.stem)
-            (workdir / "candidate").mkdir()
-            solution = workdir / "candidate" / "solution.py"
-            solution.write_text(extract_solution(nbformat.read(path, as_version=4)).text)
-            cache[path.name] = serving.grade(
-                spec=serving_spec,
-                solution_path=solution,
-                seed=SEED,
-                device_class="cpu",
-                workdir=workdir,
-                sandbox=policy,
-            )
-        return cache[path.name]
-
-    return grade
+    return solution_grader(serving, serving_spec, policy, tmp_path_factory)
 
 
 # --- In process ----------------------------------------------------------------------------
@@ -70,6 +49,9 @@ def test_the_lab_grades_the_scheduler_under_the_serving_milestone(serving_spec):
     # Static batching reserves max_model_len per sequence: the cache must hold several.
     assert options.num_blocks * options.block_size >= 4 * options.max_model_len
     assert options.prompt_tokens[1] + options.output_tokens[1] <= options.max_model_len
+    # The notebook's own check uses the CPU scale as lab_tools spells it out (the sandbox that
+    # runs a notebook cannot read lab.toml): the two must not drift apart.
+    assert options.engine_settings(device="cpu") == lab_tools.CPU_SETTINGS
 
 
 def criterion_threshold(spec, name: str, device_class: str) -> float:
