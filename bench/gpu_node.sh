@@ -10,6 +10,7 @@
 #   tests   the GPU tests (pytest -m gpu): sandbox, timing cheats, every lab at GPU scale
 #           (PYTEST_ARGS adds to pytest's arguments, e.g. "-k kernels")
 #   noise   bench/measurement_noise.py (REPEATS and CASES from the environment)
+#   noise-split  the same, each case on its own GPU at once (a node with several GPUs)
 #   stack   bench/gpu_stack.py: web app, web worker, one grading worker per GPU, API submissions
 #   all     tests, then noise
 #
@@ -60,6 +61,22 @@ fi
 if [[ $steps == *" noise "* ]]; then
   "$PY" bench/measurement_noise.py --device cuda --repeats "${REPEATS:-10}" \
     --cases "${CASES:-copy,softmax,matmul}" --out "$OUT" 2>&1 | tee "$OUT/noise.log" | tail -8
+fi
+if [[ $steps == *" noise-split "* ]]; then
+  # One case per GPU at once (case i on GPU i mod count), each pinned to its GPU as a worker
+  # is: its sandboxes get only that GPU's device node, and CUDA in the study's own process
+  # (the peaks, do_bench) sees only that GPU. Results in $OUT/noise-<case>/.
+  mapfile -t gpus < <("$PY" -c 'import pynvml as n; n.nvmlInit(); [print(n.nvmlDeviceGetMinorNumber(h), n.nvmlDeviceGetUUID(h)) for h in map(n.nvmlDeviceGetHandleByIndex, range(n.nvmlDeviceGetCount()))]')
+  IFS=, read -ra cases <<<"${CASES:-copy,softmax,matmul}"
+  for i in "${!cases[@]}"; do
+    read -r minor uuid <<<"${gpus[$((i % ${#gpus[@]}))]}"
+    mkdir -p "$OUT/noise-${cases[$i]}"
+    RUNNER_GPU_DEVICES=/dev/nvidia$minor,/dev/nvidiactl,/dev/nvidia-uvm CUDA_VISIBLE_DEVICES=$uuid \
+      "$PY" bench/measurement_noise.py --device cuda --repeats "${REPEATS:-10}" \
+      --cases "${cases[$i]}" --out "$OUT/noise-${cases[$i]}" >"$OUT/noise-${cases[$i]}/noise.log" 2>&1 &
+  done
+  wait
+  for c in "${cases[@]}"; do tail -3 "$OUT/noise-$c/noise.log"; done
 fi
 if [[ $steps == *" stack "* ]]; then
   # The stack's workers find their GPUs themselves (runner gpu-workers).

@@ -13,7 +13,8 @@ Two passes over the same notebooks (every GPU lab's reference, starter and known
 
 Then the fleet page as an instructor sees it (HTML) and the recorded heartbeats (JSON).
 
-    OUT=$OUT python bench/gpu_stack.py [--labs softmax,kernels,profiling]
+    OUT=$OUT python bench/gpu_stack.py [--labs softmax,kernels,...] [--kinds reference,starter]
+        [--sequential all|references|none] [--share N]
 
 Everything goes to $OUT/stack/: results.json, summary.md, fleet.html, workers.json and
 each process's log. Needs a node where `wheelhouse/install.py` installed the worker (and
@@ -59,14 +60,41 @@ NOTEBOOKS = {
         ("profiling.ipynb", "error"),
         ("fixtures/no_kv_cache.ipynb", "failed"),
     ],
+    "quantization": [
+        ("reference.ipynb", "passed"),
+        ("quantization.ipynb", "error"),
+        ("fixtures/per_tensor_int4.ipynb", "failed"),
+    ],
+    "serving": [
+        ("reference.ipynb", "passed"),
+        ("serving.ipynb", "error"),
+        ("fixtures/static_like.ipynb", "failed"),
+    ],
+    "cost": [
+        ("reference.ipynb", "passed"),
+        ("cost.ipynb", "error"),
+        ("fixtures/no_headroom.ipynb", "failed"),
+    ],
 }
+KINDS = ("reference", "starter", "wrong")
+
+
+def kind_of(notebook: str) -> str:
+    if notebook == "reference.ipynb":
+        return "reference"
+    return "wrong" if notebook.startswith("fixtures/") else "starter"
 
 
 class GpuStack(Stack):
     """The e2e stack with `python -m runner gpu-workers` as its grading worker."""
 
+    share = 1
+
     def start_grading_worker(self) -> None:
-        self._spawn("grading-worker", [sys.executable, "-m", "runner", "gpu-workers"])
+        command = [sys.executable, "-m", "runner", "gpu-workers"]
+        if self.share > 1:
+            command += ["--share", str(self.share)]
+        self._spawn("grading-worker", command)
 
 
 class NvmlSampler(threading.Thread):
@@ -230,7 +258,15 @@ def fleet_snapshot(stack: Stack, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labs", default="softmax,kernels,profiling")
+    parser.add_argument("--labs", default=",".join(NOTEBOOKS))
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="which of each lab's notebooks to submit: reference, starter, wrong",
+    )
+    parser.add_argument(
+        "--share", type=int, default=1, help="gpu-workers --share N (jobs per GPU at once)"
+    )
     parser.add_argument(
         "--device-class",
         default="gpu",
@@ -239,14 +275,20 @@ def main() -> int:
     )
     parser.add_argument(
         "--sequential",
-        choices=("all", "references"),
+        choices=("all", "references", "none"),
         default="all",
         help="which notebooks the one-at-a-time pass submits (the burst always sends all)",
     )
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "var/gpu-node")) / "stack"
     out.mkdir(parents=True, exist_ok=True)
-    plan = [(lab, nb, exp) for lab in args.labs.split(",") for nb, exp in NOTEBOOKS[lab]]
+    kinds = set(args.kinds.split(","))
+    plan = [
+        (lab, nb, exp)
+        for lab in args.labs.split(",")
+        for nb, exp in NOTEBOOKS[lab]
+        if kind_of(nb) in kinds
+    ]
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     sampler = NvmlSampler()
@@ -254,14 +296,22 @@ def main() -> int:
     limits = {"SUBMISSIONS_PER_LEARNER_PER_HOUR": "10000", "SUBMISSIONS_PER_IP_PER_HOUR": "10000"}
     kind = GpuStack if args.device_class == "gpu" else Stack
     stack = kind(mode="embedded", workdir=out / "run", extra_env=limits)
-    results: dict = {"date": datetime.now().isoformat(timespec="seconds"), "node": platform.node()}
+    stack.share = args.share
+    results: dict = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "node": platform.node(),
+        "command": " ".join(sys.argv),
+        "share": args.share,
+    }
     t_start = time.time()
     stack.start()
     try:
         results["startup_s"] = round(time.time() - t_start, 1)
         sequential = []
         for lab, notebook, expected in plan:
-            if args.sequential == "references" and notebook != "reference.ipynb":
+            if args.sequential == "none" or (
+                args.sequential == "references" and notebook != "reference.ipynb"
+            ):
                 continue
             sid = submit(stack, lab, notebook, args.device_class)
             stack.wait(sid, timeout=420)
@@ -276,15 +326,23 @@ def main() -> int:
             (submit(stack, lab, nb, args.device_class, learner=f"{i + 1:032x}"), lab, nb, exp)
             for i, (lab, nb, exp) in enumerate(plan)
         ]
-        for sid, *_ in ids:
-            stack.wait(sid, timeout=900)
-        burst_end = time.time()
-        rows = recorded(stack, [sid for sid, *_ in ids])
-        burst = [describe(rows[sid], lab, nb, exp) for sid, lab, nb, exp in ids]
-        results["burst"] = burst
-        results["burst_wall_s"] = round(burst_end - burst_start, 2)
-        results["burst_idle"] = idle_fraction(burst)
-        results["burst_nvml"] = nvml_summary(sampler.samples, burst_start, burst_end)
+        try:
+            for sid, *_ in ids:
+                stack.wait(sid, timeout=900)
+        finally:
+            # Also when cut short (a time limit): the verdicts that came are kept.
+            burst_end = time.time()
+            rows = recorded(stack, [sid for sid, *_ in ids])
+            burst = [
+                describe(rows[sid], lab, nb, exp)
+                if rows[sid]["finished"]
+                else {"lab": lab, "notebook": nb, "expected": exp, "status": rows[sid]["status"]}
+                for sid, lab, nb, exp in ids
+            ]
+            results["burst"] = burst
+            results["burst_wall_s"] = round(burst_end - burst_start, 2)
+            results["burst_idle"] = idle_fraction([r for r in burst if "started" in r])
+            results["burst_nvml"] = nvml_summary(sampler.samples, burst_start, burst_end)
         time.sleep(6)  # one more heartbeat each, so the page shows the jobs done
         try:
             fleet_snapshot(stack, out)
@@ -312,6 +370,12 @@ def render(results: dict) -> str:
     ]
     for name in ("one_at_a_time", "burst"):
         for r in results.get(name, []):
+            if "worker" not in r:
+                lines.append(
+                    f"| {name} | {r['lab']} | {r['notebook']} | {r['status']} (unfinished) "
+                    f"| {r['expected']} | | | | | | |"
+                )
+                continue
             lines.append(
                 f"| {name} | {r['lab']} | {r['notebook']} | {r['status']} | {r['expected']} | "
                 f"{r['worker']} | {r['upload_to_verdict_s']} | {r['cells_s']} | {r['grade_s']} "

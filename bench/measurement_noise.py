@@ -14,9 +14,11 @@ Last, each torch kernel's median is placed on this node's measured roofline.
 
 Cases (cuda): `copy` x.clone() of 1 GiB (memory-bound, ~0.7 ms), `softmax` 16384x24576 fp32
 torch.softmax against the naive composition (~1 ms), `matmul` 8192^3 fp16 against itself (an
-A/A run; compute-bound, ~1.5 ms). On cpu the same kinds at CPU scale, one torch thread.
-Results: a JSON file and a Markdown table in --out; docs/benchmarks/measurement-noise.md keeps
-the runs that were recorded.
+A/A run; compute-bound, ~1.5 ms). Not in the default --cases, for the power cap: `matmul_small`
+4096^3 fp16 and `matmul_fp32` 4096^3 fp32 on the CUDA cores (A/A, compute-bound). On cpu the
+same kinds at CPU scale, one torch thread.
+Results: a JSON file and a Markdown table in --out (written after each case);
+docs/benchmarks/measurement.md keeps the runs that were recorded.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def cases(device: str) -> list[Case]:
         copy_rows, copy_cols = 2048, 8192  # 64 MiB, well past this machine's caches
         sm_rows, sm_cols = 256, 2000
         n = 512
-    return [
+    cases_ = [
         Case(
             "copy", "copy", "copy", ((copy_rows, copy_cols),), "float32", "memory",
             bytes_moved=2 * copy_rows * copy_cols * 4, flops=0, peak_dtype="fp32",
@@ -90,6 +92,27 @@ def cases(device: str) -> list[Case]:
             atol=1e-2, rtol=1e-2, sets=2,
         ),
     ]  # fmt: skip
+    if device == "cuda":
+        # Two more compute-bound cases, for the power cap (docs/benchmarks/measurement.md): the
+        # 8192^3 fp16 matmul keeps an H100 at its power cap, so whole-process medians move with
+        # the card's power management. A matmul an eighth of the size, whose samples are
+        # separated by the cache flush, and an fp32 one on the CUDA cores (TF32 off, torch's
+        # default) load the card differently; both stay compute-bound (hundreds of FLOPs per
+        # byte).
+        k = 4096
+        cases_ += [
+            Case(
+                "matmul_small", "matmul", "matmul", ((k, k), (k, k)), "float16", "compute",
+                bytes_moved=3 * k * k * 2, flops=2 * k**3, peak_dtype="bf16",
+                atol=1e-2, rtol=1e-2, sets=2,
+            ),
+            Case(
+                "matmul_fp32", "matmul", "matmul", ((k, k), (k, k)), "float32", "compute",
+                bytes_moved=3 * k * k * 4, flops=2 * k**3, peak_dtype="fp32",
+                atol=1e-4, rtol=1e-4, sets=2,
+            ),
+        ]  # fmt: skip
+    return cases_
 
 
 # -- child: one full measurement ---------------------------------------------------------
@@ -115,9 +138,9 @@ def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[st
         rows: np.ndarray, others: list[np.ndarray], _indices: np.ndarray
     ) -> np.ndarray:
         x = rows.astype(np.float64)
-        if case.name == "copy":
+        if case.candidate == "copy":
             return x
-        if case.name == "softmax":
+        if case.candidate == "softmax":
             e = np.exp(x - x.max(axis=-1, keepdims=True))
             return e / e.sum(axis=-1, keepdims=True)
         # The other factor is never mutated: convert it once per set, not per probe.
@@ -127,8 +150,8 @@ def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[st
         return rows.astype(np.float32) @ converted[key]
 
     def compare(got: np.ndarray | None, expected: np.ndarray) -> Any:
-        # fp16 matmul over 8192 terms: compare to the float64 product with a scaled bound
-        scale = float(np.abs(expected).max(initial=1.0)) if case.name == "matmul" else 1.0
+        # a matmul over thousands of terms: compare to the float64 product with a scaled bound
+        scale = float(np.abs(expected).max(initial=1.0)) if case.candidate == "matmul" else 1.0
         return compare_output(
             got=got, expected=expected, dtype=case.dtype, atol=case.atol * scale, rtol=case.rtol
         )
@@ -159,9 +182,12 @@ def child_pair(case: Case, device: str, seed: int, time_cap_s: float) -> dict[st
     started = time.monotonic()
     sampler: Any = contextlib.nullcontext()
     if device == "cuda":
+        from runner.gpu import gpu_indices, nvml_index_of_minor
         from runner.measure.telemetry import TelemetrySampler
 
-        sampler = TelemetrySampler(index=0)
+        # The GPU the sandboxes get (RUNNER_GPU_DEVICES), by NVML's index for it.
+        minors = gpu_indices(policy.gpu_devices)
+        sampler = TelemetrySampler(index=nvml_index_of_minor(minors[0]) if minors else 0)
     try:
         with (
             served("candidate", case.candidate) as cand,
@@ -339,10 +365,11 @@ def main() -> int:
             )
             summary["roofline"] = assessed.to_dict()
         results["cases"][name] = summary
-    stem = f"measurement-noise-{args.device}"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    table = markdown(results)
-    (args.out / f"{stem}.md").write_text(table)
+        # After each case, so a run cut short by a time limit keeps the cases it finished.
+        stem = f"measurement-noise-{args.device}"
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        table = markdown(results)
+        (args.out / f"{stem}.md").write_text(table)
     print(table)
     return 0
 

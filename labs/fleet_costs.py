@@ -21,6 +21,13 @@ Definitions (docs/gpu-worker.md repeats them for operators), over a window of WI
   priced as the average busy cost, not one by one; GPU time of jobs that ended in an error, a
   timeout or a rejection is carried by the graded ones.
 - requests per dollar = graded / cost.
+- cost per 1K tokens served: the serving lab's grader reports what the learner's engine served
+  in its measured runs (report.metrics.tokens_served: output tokens, and the seconds those runs
+  took on the job's GPU, which a timing job has alone). Over the serving submissions finished
+  in the window on these GPUs: the runs' GPU time x the price of the GPU each ran on (the
+  report's environment.gpu.name), over the tokens, x 1000. It is the cost of serving itself:
+  the rest of a grading job (the sandbox starting, the reference, the static baseline) is in
+  the cost per graded submission.
 
 Imported by labs/models.py, which registers GpuPrice with the app.
 """
@@ -165,11 +172,28 @@ class ModelCost:
 
 
 @dataclass(frozen=True)
+class ServingCosts:
+    """What learners' engines served in the serving lab's measured runs over the window, and
+    what that GPU time cost."""
+
+    submissions: int
+    output_tokens: int
+    seconds: float
+    cost_usd: float | None  # None when a GPU model that served has no price
+    unpriced: tuple[str, ...] = ()
+
+    @property
+    def per_1k_tokens_usd(self) -> float | None:
+        return cost_per_1k_tokens(cost_usd=self.cost_usd, tokens_served=self.output_tokens)
+
+
+@dataclass(frozen=True)
 class FleetCosts:
     window_hours: float
     models: list[ModelCost]
     jobs: int
     graded: int
+    serving: ServingCosts = ServingCosts(submissions=0, output_tokens=0, seconds=0.0, cost_usd=0.0)
 
     @property
     def unpriced(self) -> list[str]:
@@ -221,6 +245,51 @@ def cost_per_1k_tokens(*, cost_usd: float | None, tokens_served: int) -> float |
     return cost_usd / tokens_served * 1000
 
 
+def serving_costs(finished: Any, prices: dict[str, Decimal]) -> ServingCosts:
+    """The serving figures of `finished` (submissions of GPU workers in the window): those
+    whose report says their engine served tokens (runner/graders/serving.py)."""
+    rows = finished.filter(report__metrics__has_key="tokens_served").values_list(
+        "report__metrics__tokens_served", "report__environment__gpu__name"
+    )
+    submissions, tokens, seconds, cost = 0, 0, 0.0, 0.0
+    unpriced: set[str] = set()
+    for served, gpu_name in rows:
+        count, took = _served(served)
+        if count <= 0:
+            continue  # an engine that failed before serving anything
+        model = gpu_name if isinstance(gpu_name, str) and gpu_name else UNKNOWN_MODEL
+        submissions += 1
+        tokens += count
+        seconds += took
+        price = prices.get(model)
+        if price is None:
+            unpriced.add(model)
+        else:
+            cost += took / 3600 * float(price)
+    return ServingCosts(
+        submissions=submissions,
+        output_tokens=tokens,
+        seconds=seconds,
+        cost_usd=None if unpriced else cost,
+        unpriced=tuple(sorted(unpriced)),
+    )
+
+
+def _served(value: Any) -> tuple[int, float]:
+    """(output tokens, seconds) from a report's tokens_served; (0, 0.0) when malformed (a
+    report is a worker's data: never trusted to be well formed)."""
+    if not isinstance(value, dict):
+        return 0, 0.0
+    tokens, seconds = value.get("output_tokens"), value.get("seconds")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        return 0, 0.0
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return 0, 0.0
+    if not math.isfinite(seconds) or seconds < 0:
+        return 0, 0.0
+    return tokens, float(seconds)
+
+
 def gpu_usage(*, since: datetime) -> tuple[list[ModelUsage], list[str]]:
     """Observed and busy GPU time per GPU model since `since`, and the names of the workers
     those GPUs belong to. A sample does not carry the GPU's name: it is the one the worker's
@@ -260,6 +329,7 @@ def fleet_costs(*, now: datetime, window: timedelta = WINDOW) -> FleetCosts:
         models=[ModelCost(usage=u, usd_per_hour=prices.get(u.gpu_model)) for u in usage],
         jobs=finished.count(),
         graded=finished.filter(status__in=GRADED).count(),
+        serving=serving_costs(finished, prices),
     )
 
 
@@ -292,7 +362,8 @@ def usd(amount: float | None) -> str:
         return "—"
     if amount >= 0.1 or amount == 0:
         return f"${amount:,.2f}"
-    return f"${amount:.3g}"
+    # Three significant digits, never in exponent notation ($0.0000694, not $6.94e-05).
+    return f"${amount:.{2 - math.floor(math.log10(amount))}f}"
 
 
 # --- As the fleet page shows them ---------------------------------------------------------
@@ -330,6 +401,23 @@ def costs_context(*, now: datetime) -> dict[str, Any]:
         "why_no_cost": no_cost,
         "why_no_ratio": no_cost
         or ("no graded submission in the window" if not costs.graded else "no GPU time observed"),
+        **serving_context(costs.serving),
+    }
+
+
+def serving_context(serving: ServingCosts) -> dict[str, Any]:
+    if not serving.submissions:
+        why = "no serving-lab submission served tokens on these GPUs in the window"
+    elif serving.unpriced:
+        why = "no price set for " + ", ".join(serving.unpriced)
+    else:
+        why = ""
+    return {
+        "per_1k_tokens": _or_none(usd, serving.per_1k_tokens_usd),
+        "why_no_per_1k_tokens": why,
+        "serving_submissions": serving.submissions,
+        "tokens_served": serving.output_tokens,
+        "serving_seconds": serving.seconds,
     }
 
 

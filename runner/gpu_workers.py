@@ -11,6 +11,13 @@ For each GPU NVML reports, a worker (`celery -A runner.worker worker`) that:
 - takes one job at a time (`--concurrency 1`, prefetch 1): timing needs the GPU alone. With
   `--share N` it takes up to N (`--concurrency N`): correctness-only jobs then share the GPU
   when their declared memory fits, and a timing job still has it alone (runner/gpu_share.py);
+- runs on its own share of the node's CPUs (`sched_setaffinity`, inherited by its jobs'
+  sandboxes): the CPUs this launcher may use, split into one contiguous block per GPU. A
+  grading job is mostly CPU work (notebook cells, float64 reference checks, a load generator)
+  and torch sizes its thread pool from the CPUs a process may use: without the split, two
+  jobs on two GPUs each ran 32 threads on the same 32 cores, and a notebook cell that takes
+  under 40 s alone ran past its 120 s limit (docs/gpu-worker.md). `--no-cpu-split` leaves
+  every worker the whole set;
 - is named `gpu<index>@<host>`, so the fleet's telemetry and logs say which GPU.
 
 The launcher forwards SIGINT/SIGTERM to every worker and waits for them; when one worker
@@ -39,6 +46,7 @@ class WorkerCommand:
     queues: tuple[str, ...]
     argv: tuple[str, ...]
     env: dict[str, str]  # added to the launcher's own environment
+    cpus: frozenset[int] | None = None  # its share of the node's CPUs; None: the launcher's
 
     @property
     def concurrency(self) -> int:
@@ -51,7 +59,36 @@ class WorkerCommand:
             if self.concurrency == 1
             else f"up to {self.concurrency} jobs at once (correctness-only jobs share the GPU)"
         )
-        return f"# GPU {self.gpu.index}: {self.gpu.name}, {jobs}\n{env} {shlex.join(self.argv)}"
+        where = f", CPUs {cpu_list(self.cpus)}" if self.cpus else ""
+        return (
+            f"# GPU {self.gpu.index}: {self.gpu.name}, {jobs}{where}\n{env} {shlex.join(self.argv)}"
+        )
+
+
+def split_cpus(cpus: Sequence[int], parts: int) -> list[frozenset[int] | None]:
+    """`cpus` in `parts` contiguous blocks as even as can be (the first ones one larger);
+    None for every part when there are fewer CPUs than parts (then they all share)."""
+    ordered = sorted(cpus)
+    if parts < 1 or len(ordered) < parts:
+        return [None] * max(parts, 0)
+    size, extra = divmod(len(ordered), parts)
+    blocks, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        blocks.append(frozenset(ordered[start:end]))
+        start = end
+    return blocks
+
+
+def cpu_list(cpus: frozenset[int]) -> str:
+    """0-15,32 style, as taskset and /proc write CPU lists."""
+    ordered, ranges = sorted(cpus), []
+    for cpu in ordered:
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
 
 
 def worker_commands(
@@ -61,9 +98,12 @@ def worker_commands(
     python: str = sys.executable,
     concurrency: int = 1,
     loglevel: str = "INFO",
+    cpus: Sequence[int] | None = None,
 ) -> list[WorkerCommand]:
+    """One command per GPU; `cpus`, when given, split among them (split_cpus)."""
+    shares = split_cpus(cpus, len(gpus)) if cpus else [None] * len(gpus)
     commands = []
-    for gpu in gpus:
+    for gpu, share in zip(gpus, shares, strict=True):
         queues = tuple(queues_for_gpu(gpu, queues_in_use))
         argv = (
             python,
@@ -87,14 +127,20 @@ def worker_commands(
             "RUNNER_GPU_DEVICES": f"/dev/nvidia{gpu.minor},/dev/nvidiactl,/dev/nvidia-uvm",
             "CUDA_VISIBLE_DEVICES": gpu.uuid,
         }
-        commands.append(WorkerCommand(gpu=gpu, queues=queues, argv=argv, env=env))
+        commands.append(WorkerCommand(gpu=gpu, queues=queues, argv=argv, env=env, cpus=share))
     return commands
 
 
 def run(commands: Sequence[WorkerCommand], *, poll_s: float = 0.5) -> int:
     """Start every worker, forward stop signals, return the first worker's exit status."""
     processes = [
-        subprocess.Popen(command.argv, env={**os.environ, **command.env}) for command in commands
+        subprocess.Popen(
+            command.argv,
+            env={**os.environ, **command.env},
+            # Before exec, so every thread and child of the worker inherits it.
+            preexec_fn=_pin(command.cpus) if command.cpus else None,  # noqa: PLW1509 - no threads here
+        )
+        for command in commands
     ]
 
     def stop(signum: int, _frame: object) -> None:
@@ -116,6 +162,10 @@ def run(commands: Sequence[WorkerCommand], *, poll_s: float = 0.5) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _pin(cpus: frozenset[int]):
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def _at_least_one(text: str) -> int:
@@ -141,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="jobs each GPU's worker runs at once (default 1); above 1, correctness-only jobs "
         "share the GPU when their declared memory fits, timing jobs still have it alone",
     )
+    parser.add_argument(
+        "--no-cpu-split",
+        action="store_true",
+        help="let every worker use all of this launcher's CPUs (default: one block per GPU)",
+    )
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
     from runner.labspec import load_lab_specs
@@ -154,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lab_queues(load_lab_specs()),
         concurrency=args.share,
         loglevel=args.loglevel,
+        cpus=None if args.no_cpu_split else sorted(os.sched_getaffinity(0)),
     )
     for command in commands:
         print(command.describe(), flush=True)

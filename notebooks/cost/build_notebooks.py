@@ -569,6 +569,8 @@ def plan_fleet(workload, catalogue):
                             "autoscaling": {"min_replicas": 1, "target_rps_per_replica": target},
                         },
                     )
+    if best is None:
+        raise ValueError(f"no GPU in the catalogue meets the TPOT target of {workload['name']}")
     return best[1]
 """
 

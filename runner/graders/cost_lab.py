@@ -44,15 +44,21 @@ class ScenarioRange:
     peak_rps: tuple[float, float]
     prompt_mean: tuple[float, float]
     output_mean: tuple[float, float]
+    tpot_p99_s: tuple[float, float] = (0.04, 0.07)
 
 
 # Scenario 0 is the notebook example's neighbourhood; scenario 1 has about twice its traffic
 # and longer prompts, so that a plan hard-coded for one workload fails the other. GPU workers
-# add a 70B scenario (replicas over several GPUs).
+# add a 70B scenario (replicas over several GPUs), with a looser TPOT target: a step that
+# also prefills a full budget of 2048 prompt tokens takes 2 x 70.55e9 x 2048 FLOPs, 86 ms on
+# eight H100s at the catalogue's assumed efficiencies (0.5 of dense bf16, 0.85 across a
+# tensor-parallel replica), so under the 8B scenarios' 40-70 ms no configuration in the
+# catalogue meets it in bf16, nor in fp8 below ~53 ms. Until 2026-11-27 the 70B scenario drew
+# 40-70 ms too, and most GPU-scale seeds had no feasible plan (the grader's own planner raised).
 SCENARIOS = (
     ScenarioRange("llama-3.1-8b", (10_000, 13_000), (300, 900), (120, 300)),
     ScenarioRange("llama-3.1-8b", (15_000, 19_000), (900, 1600), (150, 350)),
-    ScenarioRange("llama-3.1-70b", (10_000, 12_000), (300, 900), (120, 300)),
+    ScenarioRange("llama-3.1-70b", (10_000, 12_000), (300, 900), (120, 300), (0.11, 0.13)),
 )
 
 
@@ -120,7 +126,9 @@ def draw_scenarios(
                 output_tokens=LengthDistribution(
                     mean=pick(scenario.output_mean, 10), sigma=pick((0.4, 0.8), 0.05), max=1024
                 ),
-                slo=Slo(ttft_p99_s=pick((0.5, 1.5), 0.05), tpot_p99_s=pick((0.04, 0.07), 0.005)),
+                slo=Slo(
+                    ttft_p99_s=pick((0.5, 1.5), 0.05), tpot_p99_s=pick(scenario.tpot_p99_s, 0.005)
+                ),
                 burst=burst(rng, pick, burst_duration_s),
                 precisions=("bf16", "fp8") if rng.random() < 0.5 else ("bf16",),
                 routing=ROUTING,

@@ -193,6 +193,9 @@ class _Run:
         self.mismatches: list[dict[str, Any]] = []
         self.reference_tokens: list[dict[str, Any]] = []
         self.candidate_failure: str | None = None
+        # What the learner's engine served in the measured runs, for the fleet's cost per 1K
+        # tokens (labs/fleet_costs.py): output tokens, and the seconds the runs took.
+        self.metrics["tokens_served"] = {"output_tokens": 0, "seconds": 0.0, "runs": 0}
 
     def start(self, child: ServedFunction, sock: socket.socket, *, side: str) -> None:
         answer = child.call_json(
@@ -251,6 +254,8 @@ class _Run:
             side: [r.summary(percentiles=PERCENTILES) for r in results]
             for side, results in runs.items()
         }
+        for summary in summaries["candidate"]:
+            self._served(summary)
         first = runs["candidate"][0]
         comparison = self._compare(first)
         baseline_check = self._compare(runs["baseline"][0])
@@ -296,6 +301,12 @@ class _Run:
             )
         )
 
+    def _served(self, summary: dict[str, Any]) -> None:
+        served = self.metrics["tokens_served"]
+        served["output_tokens"] += int(summary["total_output_tokens"])
+        served["seconds"] = round(served["seconds"] + float(summary["duration"]), 3)
+        served["runs"] += 1
+
     def _compare(self, result: LoadResult) -> Comparison:
         return compare_tokens(
             [o.token_ids if o.success else None for o in result.outputs],
@@ -314,6 +325,7 @@ class _Run:
                 percentiles=PERCENTILES, slos={"ttft": self.options.slo_ttft_ms}
             )
         cand = summaries["candidate"]
+        self._served(cand)
         complete = cand["completed"] == len(stream)
         self.measured["p99_ttft_ms"] = (
             round(cand["p99_ttft_ms"], 2) if complete and cand.get("p99_ttft_ms") else None

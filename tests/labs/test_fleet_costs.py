@@ -161,6 +161,7 @@ def test_cost_per_1k_tokens_divides_the_cost_by_thousands_of_tokens_served():
 def test_dollars_show_cents_and_small_amounts_three_digits():
     assert usd(6.5) == "$6.50" and usd(1234.5) == "$1,234.50" and usd(0.8125) == "$0.81"
     assert usd(0.0123456) == "$0.0123" and usd(0) == "$0.00" and usd(None) == "—"
+    assert usd(0.0000694321) == "$0.0000694"  # a cost per 1K tokens: never $6.94e-05
 
 
 def test_the_samples_and_submissions_give_the_usage_and_the_jobs(a_day_of_grading):
@@ -186,7 +187,10 @@ def test_the_page_shows_every_figure(staff, a_day_of_grading):
     assert "<dd data-per-graded>$0.81</dd>" in page  # 6.50 / 8
     assert "<dd data-busy-per-graded>$0.41 " in page  # 3.25 / 8
     assert "<dd data-per-usd>1.23</dd>" in page  # 8 / 6.50
-    assert '<dd data-per-1k-tokens>— <span class="muted">(no serving lab yet)' in page
+    assert (
+        '<dd data-per-1k-tokens>— <span class="muted">(no serving-lab submission served tokens'
+        in page
+    )
     h100 = page[page.index(f'data-cost-model="{H100}"') :].split("</tr>")[0]
     assert (
         "<td>2.00</td><td>1.00</td>" in h100
@@ -318,3 +322,67 @@ def test_the_admin_edits_prices_and_records_who(client):
     assert response.status_code == 302
     price = GpuPrice.objects.get()
     assert (price.usd_per_hour, price.updated_by) == (Decimal("1.50"), admin)
+
+
+# --- Cost per 1K tokens served (the serving lab) ------------------------------------------
+
+
+def served(lab, worker: str, *, tokens, seconds, gpu=H100, status=Status.PASSED, **extra):
+    """A serving-lab submission whose report says what the learner's engine served."""
+    submission = finish(lab, worker, status, **extra)
+    submission.report = {
+        "metrics": {"tokens_served": {"output_tokens": tokens, "seconds": seconds, "runs": 4}},
+        "environment": {"gpu": {"name": gpu} if gpu else None},
+    }
+    submission.save()
+    return submission
+
+
+def test_serving_runs_give_the_cost_per_1k_tokens_at_each_gpus_price(staff, a_day_of_grading, lab):
+    set_price(H100, "2.50")
+    set_price(A100, "1.50")
+    served(lab, "gpu0@node1", tokens=9000, seconds=36.0)  # 36 s x $2.50/h = $0.025
+    served(lab, "gpu0@node2", tokens=3000, seconds=24.0, gpu=A100, status=Status.FAILED)  # $0.01
+    served(lab, "gpu0@node1", tokens=0, seconds=3.0, status=Status.ERROR)  # served nothing
+    served(lab, "cpu@node3", tokens=5000, seconds=10.0, gpu=None)  # not a GPU worker
+    served(lab, "gpu0@node1", tokens=5000, seconds=10.0, hours_ago=25)  # before the window
+    costs = fleet_costs.fleet_costs(now=timezone.now())
+    serving = costs.serving
+    assert (serving.submissions, serving.output_tokens) == (2, 12000)
+    assert serving.seconds == pytest.approx(60.0)
+    assert serving.cost_usd == pytest.approx(0.035)
+    assert serving.per_1k_tokens_usd == pytest.approx(0.035 / 12)
+    page = staff.get("/fleet/").content.decode()
+    assert (
+        '<dd data-per-1k-tokens>$0.00292 <span class="muted">(12000 tokens served by learners\' '
+        "engines in 60.0 s of GPU time, 2 serving submissions)" in page
+    )
+
+
+def test_serving_on_a_gpu_without_a_price_shows_no_cost_per_1k_tokens(staff, a_day_of_grading, lab):
+    set_price(H100, "2.50")
+    served(lab, "gpu0@node2", tokens=3000, seconds=24.0, gpu=A100)
+    served(lab, "gpu0@node1", tokens=9000, seconds=36.0)
+    assert fleet_costs.fleet_costs(now=timezone.now()).serving.per_1k_tokens_usd is None
+    page = staff.get("/fleet/").content.decode()
+    assert f'<dd data-per-1k-tokens>— <span class="muted">(no price set for {A100})' in page
+
+
+@pytest.mark.parametrize(
+    "tokens_served",
+    [
+        "lots",
+        {"output_tokens": -5, "seconds": 1.0},
+        {"output_tokens": True, "seconds": 1.0},
+        {"output_tokens": 100, "seconds": -1.0},
+        {"output_tokens": 100, "seconds": "1"},
+    ],
+)
+def test_a_malformed_token_count_is_left_out_not_trusted(a_day_of_grading, lab, tokens_served):
+    set_price(H100, "2.50")
+    served(lab, "gpu0@node1", tokens=9000, seconds=36.0)
+    odd = finish(lab, "gpu0@node1", Status.PASSED)
+    odd.report = {"metrics": {"tokens_served": tokens_served}, "environment": {}}
+    odd.save()
+    serving = fleet_costs.fleet_costs(now=timezone.now()).serving
+    assert (serving.submissions, serving.output_tokens) == (1, 9000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import queue
 import subprocess
 import sys
@@ -310,3 +311,163 @@ def test_a_job_whose_memory_is_promised_to_another_waits_until_it_leaves(tmp_pat
         ("small", "in"),
         ("small", "leaving"),
     ]
+
+
+# --- on a real GPU: NVML's readings, CUDA processes holding memory --------------------------
+#
+# The same admission with the real pynvml, and jobs whose memory is held by child processes
+# with a CUDA context, as a grading job's sandboxes hold it: each job starts its holder once
+# admitted and stops it before leaving, and the last one out checks with runner.gpu's
+# GpuMemoryCheck that NVML's used memory is back at the baseline. Run on a GPU node:
+#     python -m pytest -m gpu tests/runner/test_gpu_share.py
+
+HOLDER = """
+import sys, torch
+x = torch.empty(int(sys.argv[1]), dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
+print("holding", flush=True)
+sys.stdin.read()  # until the job closes our stdin
+"""
+
+
+def gpu_minor() -> int:
+    from runner.gpu import gpu_indices
+
+    devices = [d for d in os.environ.get("RUNNER_GPU_DEVICES", "/dev/nvidia0").split(",") if d]
+    return gpu_indices(devices)[0]
+
+
+def gpu_uuid(minor: int) -> str:
+    import pynvml
+
+    from runner.gpu import nvml_index
+
+    pynvml.nvmlInit()
+    try:
+        uuid = pynvml.nvmlDeviceGetUUID(
+            pynvml.nvmlDeviceGetHandleByIndex(nvml_index(pynvml, minor))
+        )
+        return uuid.decode() if isinstance(uuid, bytes) else uuid
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpu_job(name, folder, minor, request, hold_bytes, log, go=None, max_wait_s=120.0):
+    """A grading job on the real GPU: admitted by NVML's readings, its memory held by a CUDA
+    child process while it is in; the last one out checks the memory came back."""
+    from runner.gpu import GpuMemoryCheck
+
+    check = GpuMemoryCheck(indices=(minor,), settle_s=20.0)
+    gpu = GpuAdmission((minor,), folder=Path(folder), poll_s=0.1, max_wait_s=max_wait_s)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu_uuid(minor))
+
+    def before(ticket):
+        check.before_job(alone=ticket.alone, idle_used=ticket.idle_used_bytes)
+
+    def after():
+        problem = check.after_job()
+        log.put((name, "checks memory", problem or "back at baseline"))
+        return problem
+
+    with gpu.slot(
+        request, before=before, after=after, on_wait=lambda why: log.put((name, "waits", why))
+    ) as ticket:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(hold_bytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert holder.stdout.readline().strip() == b"holding"
+        log.put((name, "in", json.dumps(ticket.describe())))
+        if go is not None:
+            go.wait(120)
+        holder.stdin.close()  # the sandboxes of a job are gone before it leaves its slot
+        holder.wait(60)
+        log.put((name, "leaving", ""))
+
+
+class GpuJobs(Jobs):
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path, memory=None)
+        self.minor = gpu_minor()
+
+    def start(self, name, request, go=None, *, hold_bytes=2 * GIB, max_wait_s=120.0):
+        process = FORK.Process(
+            target=gpu_job,
+            args=(name, str(self.folder), self.minor, request, hold_bytes, self.log, go),
+            kwargs={"max_wait_s": max_wait_s},
+        )
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def state(self) -> dict:
+        path = self.folder / f"gpu-{self.minor}.share.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not Path("/dev/nvidia0").exists(), reason="no NVIDIA GPU on this node")
+@pytest.mark.timeout(300)
+def test_correctness_jobs_share_a_real_gpu_a_timing_job_waits_and_memory_comes_back(tmp_path):
+    jobs = GpuJobs(tmp_path)
+    first_may_leave, second_may_leave = FORK.Event(), FORK.Event()
+    declared = Request(exclusive=False, memory_bytes=6 * GIB)
+    jobs.start("shared-1", declared, first_may_leave, hold_bytes=4 * GIB)
+    one = json.loads(jobs.wait_for("shared-1", "in"))
+    assert one["mode"] == "shared" and one["shared_with"] == 0
+    jobs.start("shared-2", declared, second_may_leave, hold_bytes=4 * GIB)
+    two = json.loads(jobs.wait_for("shared-2", "in"))
+    # Admitted beside shared-1 on what NVML reported free, with shared-1's memory counted.
+    assert two["mode"] == "shared" and two["shared_with"] == 1, two
+    assert two["reason"].startswith("fits: 6144 MiB asked"), two
+    jobs.start("timing", Request(exclusive=True), hold_bytes=GIB)
+    while not jobs.state().get("timing_waiting"):
+        time.sleep(0.05)
+    jobs.start("shared-3", declared, hold_bytes=GIB)
+    assert "a timing job is waiting" in jobs.wait_for("shared-3", "waits")
+    second_may_leave.set()
+    first_may_leave.set()
+    order = jobs.finish()
+    assert order.index(("timing", "in")) > max(
+        order.index(("shared-1", "leaving")), order.index(("shared-2", "leaving"))
+    )
+    assert order.index(("shared-3", "in")) > order.index(("timing", "leaving"))
+    checks = [(name, detail) for name, what, detail in jobs.seen if what == "checks memory"]
+    # One check for the pair (by the last of the two out), one each for the jobs that ran alone.
+    assert len(checks) == 3, checks
+    assert all(detail == "back at baseline" for _, detail in checks), checks
+    print(f"\nshared-2 admitted: {two['reason']}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not Path("/dev/nvidia0").exists(), reason="no NVIDIA GPU on this node")
+@pytest.mark.timeout(300)
+def test_a_job_whose_memory_does_not_fit_runs_alone_after_the_bounded_wait(tmp_path):
+    import pynvml
+
+    from runner.gpu import nvml_index
+
+    jobs = GpuJobs(tmp_path)
+    pynvml.nvmlInit()
+    try:
+        total = pynvml.nvmlDeviceGetMemoryInfo(
+            pynvml.nvmlDeviceGetHandleByIndex(nvml_index(pynvml, jobs.minor))
+        ).total
+    finally:
+        pynvml.nvmlShutdown()
+    big_may_leave = FORK.Event()
+    # The first takes more than half the card, so the second's declaration cannot fit beside it.
+    half = total // 2 + GIB
+    jobs.start(
+        "big", Request(exclusive=False, memory_bytes=half), big_may_leave, hold_bytes=half - GIB
+    )
+    jobs.wait_for("big", "in")
+    jobs.start("second", Request(exclusive=False, memory_bytes=half), hold_bytes=GIB, max_wait_s=3)
+    assert jobs.wait_for("second", "waits").startswith("not enough GPU memory")
+    time.sleep(5)  # past its bounded wait: it now queues to run alone, behind `big`
+    big_may_leave.set()
+    detail = json.loads(jobs.wait_for("second", "in"))
+    assert detail["mode"] == "exclusive" and "ran alone" in detail["reason"], detail
+    jobs.finish()

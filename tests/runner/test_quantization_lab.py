@@ -46,12 +46,14 @@ def test_the_lab_is_defined_under_the_serving_and_quantization_milestone(quantiz
     assert quantization_spec.solution == "quantize"
     speed = [c for c in quantization_spec.criteria if "speed" in c.name]
     assert speed and all(c.threshold_for("cpu") is None for c in speed)
-    # Every criterion is graded on GPU nodes but INT8 decode speed, which is shown only (torch
-    # has no fast int8 weight-only kernel on CUDA: lab.toml has the measurements).
+    # Every criterion is graded on GPU nodes but the decode speeds, which are shown only: torch
+    # has no fast int8 weight-only kernel on CUDA, and eager decode at batch 1 is launch-bound,
+    # so INT4's end-to-end figure moved with the node's CPU load (lab.toml has the measurements).
     graded_on_gpu = {
         c.name for c in quantization_spec.criteria if c.threshold_for("gpu") is not None
     }
-    assert graded_on_gpu == {c.name for c in quantization_spec.criteria} - {"int8_decode_speed"}
+    shown_only = {"int8_decode_speed", "int4_decode_speed"}
+    assert graded_on_gpu == {c.name for c in quantization_spec.criteria} - shown_only
 
 
 def test_the_secret_seed_draws_held_out_and_calibration_windows_reproducibly(quantization_spec):

@@ -251,3 +251,57 @@ def test_when_one_worker_exits_the_launcher_stops_the_others_and_passes_on_its_s
     )
     assert status == 3
     assert time.monotonic() - started < 30  # the sleeper was stopped, not waited for
+
+
+# -- each GPU's worker on its own share of the CPUs ------------------------------------------
+
+
+def test_the_cpus_are_split_into_one_contiguous_block_per_gpu():
+    from runner.gpu_workers import cpu_list, split_cpus
+
+    assert split_cpus(range(32), 2) == [frozenset(range(16)), frozenset(range(16, 32))]
+    # Uneven: the first blocks take one more; every CPU is used once.
+    blocks = split_cpus([0, 1, 2, 3, 4, 5, 6], 3)
+    assert blocks == [frozenset({0, 1, 2}), frozenset({3, 4}), frozenset({5, 6})]
+    # Fewer CPUs than GPUs: no split, they all share.
+    assert split_cpus([0], 2) == [None, None]
+    assert cpu_list(frozenset({0, 1, 2, 3, 8, 10, 11})) == "0-3,8,10-11"
+
+
+def test_each_worker_gets_its_share_of_the_cpus_and_the_dry_run_says_which(monkeypatch, capsys):
+    from runner import gpu_workers
+
+    second = GpuInfo(1, 1, "GPU-cccc", "NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0))
+    commands = worker_commands([H100, second], {"gpu"}, cpus=list(range(32)))
+    assert [c.cpus for c in commands] == [frozenset(range(16)), frozenset(range(16, 32))]
+    assert "CPUs 16-31" in commands[1].describe()
+    assert all(c.cpus is None for c in worker_commands([H100, second], {"gpu"}))
+
+    monkeypatch.setattr(gpu_workers, "discover_gpus", lambda: [H100, second])
+    monkeypatch.setattr("runner.labspec.load_lab_specs", lambda: {})
+    monkeypatch.setattr(gpu_workers.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert gpu_workers.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "one job at a time, CPUs 0-3\n" in out and "one job at a time, CPUs 4-7\n" in out
+    assert gpu_workers.main(["--dry-run", "--no-cpu-split"]) == 0
+    assert "CPUs" not in capsys.readouterr().out
+
+
+def test_the_launcher_starts_each_worker_on_its_cpus(tmp_path):
+    import os
+    import sys
+
+    from runner.gpu_workers import WorkerCommand, run
+
+    mine = sorted(os.sched_getaffinity(0))
+    report = tmp_path / "affinity.txt"
+    code = f"import os; open({str(report)!r}, 'w').write(repr(sorted(os.sched_getaffinity(0))))"
+    command = WorkerCommand(
+        gpu=H100,
+        queues=("gpu",),
+        argv=(sys.executable, "-c", code),
+        env={},
+        cpus=frozenset(mine[-1:]),
+    )
+    assert run([command], poll_s=0.05) == 0
+    assert report.read_text() == repr(mine[-1:])

@@ -130,6 +130,14 @@ def test_the_reference_passes_every_criterion(reference_report):
     # The baseline and the candidate were sent the same burst, and both answered all of it.
     assert burst["baseline"]["completed"] == burst["candidate"]["completed"] == burst["requests"]
     assert burst["baseline"]["total_output_tokens"] == burst["output_tokens"]
+    # What the learner's engine served in the measured runs (the fleet's cost per 1K tokens):
+    # every round of the burst and the Poisson run.
+    served = metrics["tokens_served"]
+    rounds = len(burst["output_throughput"]["candidate"])
+    slo_tokens = metrics["slo_run"]["candidate"]["total_output_tokens"]
+    assert served["runs"] == rounds + 1
+    assert served["output_tokens"] == rounds * burst["output_tokens"] + slo_tokens > 0
+    assert served["seconds"] > metrics["slo_run"]["candidate"]["duration"] > 0
     # The Poisson run is shown for both; static batching queues far behind.
     slo = metrics["slo_run"]
     assert slo["candidate"]["p99_ttft_ms"] < slo["baseline"]["p99_ttft_ms"]
