@@ -12,7 +12,10 @@ For each GPU NVML reports, a worker (`celery -A runner.worker worker`) that:
   `--share N` it takes up to N (`--concurrency N`): correctness-only jobs then share the GPU
   when their declared memory fits, and a timing job still has it alone (runner/gpu_share.py);
 - runs on its own share of the node's CPUs (`sched_setaffinity`, inherited by its jobs'
-  sandboxes): the CPUs this launcher may use, split into one contiguous block per GPU. A
+  sandboxes): the CPUs this launcher may use, split between the GPUs. Where NVML names each
+  GPU's NUMA-local CPUs (nvmlDeviceGetCpuAffinity), each GPU's share comes from its own
+  node's CPUs, split among the GPUs that share that node; otherwise the CPUs are split into
+  one contiguous block per GPU (assign_cpus). A
   grading job is mostly CPU work (notebook cells, float64 reference checks, a load generator)
   and torch sizes its thread pool from the CPUs a process may use: without the split, two
   jobs on two GPUs each ran 32 threads on the same 32 cores, and a notebook cell that takes
@@ -80,6 +83,32 @@ def split_cpus(cpus: Sequence[int], parts: int) -> list[frozenset[int] | None]:
     return blocks
 
 
+def assign_cpus(
+    gpus: Sequence[GpuInfo], cpus: Sequence[int]
+) -> tuple[list[frozenset[int] | None], str]:
+    """Each GPU's share of `cpus`, and how it was chosen. NUMA-local where NVML gave every
+    GPU an affinity that meets `cpus` and GPUs either share a whole affinity set or none of
+    it (then each set is split among its GPUs); else contiguous blocks (split_cpus)."""
+    available = frozenset(cpus)
+    local = [
+        (gpu.cpu_affinity & available) if gpu.cpu_affinity is not None else frozenset()
+        for gpu in gpus
+    ]
+    distinct = set(local)
+    disjoint = all(a == b or not a & b for a in distinct for b in distinct)
+    if gpus and all(local) and disjoint:
+        groups: dict[frozenset[int], list[int]] = {}
+        for position, cpu_set in enumerate(local):
+            groups.setdefault(cpu_set, []).append(position)
+        shares: list[frozenset[int] | None] = [None] * len(gpus)
+        for cpu_set, positions in groups.items():
+            blocks = split_cpus(cpu_set, len(positions))
+            for position, block in zip(positions, blocks, strict=True):
+                shares[position] = block if block is not None else cpu_set
+        return shares, "NUMA-local, from NVML's CPU affinity of each GPU"
+    return split_cpus(cpus, len(gpus)), "contiguous blocks (NVML gave no usable CPU affinity)"
+
+
 def cpu_list(cpus: frozenset[int]) -> str:
     """0-15,32 style, as taskset and /proc write CPU lists."""
     ordered, ranges = sorted(cpus), []
@@ -100,8 +129,8 @@ def worker_commands(
     loglevel: str = "INFO",
     cpus: Sequence[int] | None = None,
 ) -> list[WorkerCommand]:
-    """One command per GPU; `cpus`, when given, split among them (split_cpus)."""
-    shares = split_cpus(cpus, len(gpus)) if cpus else [None] * len(gpus)
+    """One command per GPU; `cpus`, when given, shared out among them (assign_cpus)."""
+    shares = assign_cpus(gpus, cpus)[0] if cpus else [None] * len(gpus)
     commands = []
     for gpu, share in zip(gpus, shares, strict=True):
         queues = tuple(queues_for_gpu(gpu, queues_in_use))
@@ -204,13 +233,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not gpus:
         print("no GPU found by NVML: nothing to start", file=sys.stderr)
         return 1
+    cpus = None if args.no_cpu_split else sorted(os.sched_getaffinity(0))
     commands = worker_commands(
         gpus,
         lab_queues(load_lab_specs()),
         concurrency=args.share,
         loglevel=args.loglevel,
-        cpus=None if args.no_cpu_split else sorted(os.sched_getaffinity(0)),
+        cpus=cpus,
     )
+    if cpus:
+        print(f"# CPUs {cpu_list(frozenset(cpus))} shared out: {assign_cpus(gpus, cpus)[1]}")
     for command in commands:
         print(command.describe(), flush=True)
     if args.dry_run:

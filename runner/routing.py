@@ -32,6 +32,7 @@ GPU workers after adding a lab with new requirements.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class GpuInfo:
     name: str
     memory_bytes: int
     compute_capability: tuple[int, int]
+    # The CPUs NVML names as this GPU's ideal affinity (its NUMA node's); None if unknown.
+    cpu_affinity: frozenset[int] | None = None
 
     @property
     def model(self) -> str:
@@ -203,6 +206,21 @@ def lab_queues(specs: Mapping[str, Any]) -> set[str]:
     }
 
 
+def cpu_affinity(nvml: Any, handle: Any) -> frozenset[int] | None:
+    """The CPUs of the GPU's ideal affinity (nvmlDeviceGetCpuAffinity: a bit mask in 64-bit
+    words, bit j of word i is CPU 64 i + j); None when NVML cannot say (a driver or GPU
+    without it, a fake)."""
+    words = -(-(os.cpu_count() or 1) // 64)
+    try:
+        mask = nvml.nvmlDeviceGetCpuAffinity(handle, words)
+    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends: then no preference
+        return None
+    cpus = frozenset(
+        64 * word + bit for word, value in enumerate(mask) for bit in range(64) if value >> bit & 1
+    )
+    return cpus or None
+
+
 def discover_gpus(nvml: Any = None) -> list[GpuInfo]:
     """Every GPU of this node, from NVML (`pynvml`; tests pass a fake)."""
     if nvml is None:
@@ -224,6 +242,7 @@ def discover_gpus(nvml: Any = None) -> list[GpuInfo]:
                     compute_capability=tuple(
                         int(v) for v in nvml.nvmlDeviceGetCudaComputeCapability(handle)
                     ),
+                    cpu_affinity=cpu_affinity(nvml, handle),
                 )
             )
         return gpus

@@ -305,3 +305,58 @@ def test_the_launcher_starts_each_worker_on_its_cpus(tmp_path):
     )
     assert run([command], poll_s=0.05) == 0
     assert report.read_text() == repr(mine[-1:])
+
+
+def dgx_like(count: int = 8) -> list[GpuInfo]:
+    """Eight GPUs over two sockets of 56 cores with hyperthreads, as NVML reports their CPU
+    affinity on a DGX H100: GPUs 0-3 on CPUs 0-55 and 112-167, GPUs 4-7 on the rest."""
+    first = frozenset(range(56)) | frozenset(range(112, 168))
+    second = frozenset(range(56, 112)) | frozenset(range(168, 224))
+    name, memory = "NVIDIA H100 80GB HBM3", 85_520_809_984
+    return [
+        GpuInfo(i, i, f"GPU-{i}", name, memory, (9, 0), first if i < count // 2 else second)
+        for i in range(count)
+    ]
+
+
+def test_each_gpu_gets_cpus_of_its_own_numa_node_when_nvml_names_them():
+    from runner.gpu_workers import assign_cpus
+
+    gpus = dgx_like()
+    shares, how = assign_cpus(gpus, range(224))
+    assert how.startswith("NUMA-local")
+    assert all(len(share) == 28 for share in shares)
+    assert all(share <= gpu.cpu_affinity for share, gpu in zip(shares, gpus, strict=True))
+    assert frozenset().union(*shares) == frozenset(range(224))  # every CPU, once
+    assert sum(len(share) for share in shares) == 224
+    # Started under taskset with socket 0 only: the second socket's GPUs get no local CPU,
+    # so the CPUs given are split in contiguous blocks instead.
+    shares, how = assign_cpus(gpus, range(56))
+    assert how.startswith("contiguous") and all(len(share) == 7 for share in shares)
+
+
+def test_without_a_usable_affinity_the_cpus_are_split_in_contiguous_blocks():
+    from runner.gpu_workers import assign_cpus
+
+    gpus = dgx_like(2)
+    unknown = [gpus[0], GpuInfo(1, 1, "GPU-1", "NVIDIA H100 80GB HBM3", 1, (9, 0))]
+    assert assign_cpus(unknown, range(8))[0] == [frozenset(range(4)), frozenset(range(4, 8))]
+    overlapping = [
+        GpuInfo(0, 0, "GPU-0", "NVIDIA H100 80GB HBM3", 1, (9, 0), frozenset(range(6))),
+        GpuInfo(1, 1, "GPU-1", "NVIDIA H100 80GB HBM3", 1, (9, 0), frozenset(range(2, 8))),
+    ]
+    shares, how = assign_cpus(overlapping, range(8))
+    assert how.startswith("contiguous") and shares[0] == frozenset(range(4))
+
+
+def test_discovery_reads_each_gpus_cpu_affinity_mask_from_nvml():
+    class AffinityNvml(FakeNvml):
+        def nvmlDeviceGetCpuAffinity(self, gpu, words):  # noqa: N802 - pynvml's name
+            assert words >= 1
+            # CPUs 0-3 for the first GPU; CPU 64 (bit 0 of the second word) for the second
+            return [0b1111, 0] if gpu is H100 else [0, 1]
+
+    found = discover_gpus(AffinityNvml([H100, T4]))
+    assert found[0].cpu_affinity == frozenset(range(4))
+    assert found[1].cpu_affinity == frozenset({64})
+    assert discover_gpus(FakeNvml([H100]))[0].cpu_affinity is None  # NVML cannot say
