@@ -61,3 +61,16 @@ def graded(policy, tmp_path_factory) -> Callable[[str], dict[str, Any]]:
         return cache[name]
 
     return grade
+
+
+# The device nodes a GPU test's sandboxes get: GPU 0's, as a worker pinned to it passes them.
+GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm")
+
+
+@pytest.fixture(scope="module")
+def gpu_policy(policy) -> SandboxPolicy:
+    """The sandbox policy of a GPU worker on this node (the GPU tests, tests/runner/test_gpu_*)."""
+    devices = tuple(d for d in GPU_NODES if os.path.exists(d))
+    return SandboxPolicy(
+        mode="bwrap", bwrap=policy.bwrap, gpu_devices=devices, sandbox_uid=policy.sandbox_uid
+    )

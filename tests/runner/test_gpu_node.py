@@ -22,11 +22,10 @@ import pytest
 from runner.gpu import GpuMemoryCheck
 from runner.harness.bench import BenchPolicy, BenchRejected
 from runner.harness.client import HarnessFailure
-from runner.sandbox import ResourceLimits, SandboxPolicy, kill
+from runner.sandbox import ResourceLimits, kill
 from tests.runner.bench_support import HONEST, bench_softmax
 from tests.runner.support import LAB, make_job, read_notebook, requires_bwrap
 
-GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm")
 pytestmark = [
     pytest.mark.gpu,
     requires_bwrap,
@@ -36,14 +35,6 @@ pytestmark = [
 
 ROWS, COLS = 2048, 5000
 POLICY = BenchPolicy(block=10, min_samples=30, time_cap_s=3.0)
-
-
-@pytest.fixture(scope="module")
-def gpu_policy(policy) -> SandboxPolicy:
-    devices = tuple(d for d in GPU_NODES if os.path.exists(d))
-    return SandboxPolicy(
-        mode="bwrap", bwrap=policy.bwrap, gpu_devices=devices, sandbox_uid=policy.sandbox_uid
-    )
 
 
 def sandboxed_python(gpu_policy, tmp_path: Path, source: str, *, timeout: float = 120):

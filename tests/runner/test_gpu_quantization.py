@@ -20,10 +20,8 @@ import os
 import pytest
 
 from runner.gpu import GpuMemoryCheck
-from runner.sandbox import SandboxPolicy
 from tests.runner.support import REPO, SEED, make_job, read_notebook, requires_bwrap
 
-GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm")
 pytestmark = [
     pytest.mark.gpu,
     requires_bwrap,
@@ -43,14 +41,6 @@ QUALITY = (
     "calibrated_perplexity",
     "calibrated_beats_rtn",
 )
-
-
-@pytest.fixture(scope="module")
-def gpu_policy(policy) -> SandboxPolicy:
-    devices = tuple(d for d in GPU_NODES if os.path.exists(d))
-    return SandboxPolicy(
-        mode="bwrap", bwrap=policy.bwrap, gpu_devices=devices, sandbox_uid=policy.sandbox_uid
-    )
 
 
 def grade_on_gpu(gpu_policy, tmp_path, monkeypatch, notebook: str):
