@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -353,7 +354,11 @@ def main() -> int:
         sampler.running = False
         stack.stop()
         for name in stack.processes:
-            (out / f"{name}.log").write_text(stack.log(name))
+            # Whole, not the tail stack.log() gives: the launcher's first lines say how the
+            # node's CPUs were shared out among the GPUs' workers.
+            log = stack.workdir / f"{name}.log"
+            if log.exists():
+                shutil.copyfile(log, out / f"{name}.log")
         (out / "results.json").write_text(json.dumps(results, indent=1))
         (out / "summary.md").write_text(render(results))
     print(render(results))
