@@ -17,7 +17,6 @@ here: it stays in the executed notebook, for the instructor's rubric.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -35,7 +34,8 @@ from runner.cost.optimise import best_plan
 from runner.cost.plots import cost_latency_svg, day_svg
 from runner.cost.shapes import load_models
 from runner.cost.traffic import Workload
-from runner.graders.base import GraderBroken, GradeResult, evaluate_criteria, failure_from, verdict
+from runner.graders.base import GraderBroken, GradeResult, evaluate_criteria, verdict
+from runner.graders.children import GradingChildren, grading_limits
 from runner.graders.cost_lab import (
     ADAPTER,
     PLAN_FUNCTION,
@@ -46,7 +46,7 @@ from runner.graders.cost_lab import (
     ratio,
 )
 from runner.graders.reporting import svg_plot
-from runner.harness.client import Entry, HarnessFailure, ServedFunction
+from runner.harness.client import HarnessFailure, ServedFunction
 from runner.labspec import LabSpec
 from runner.measure.node_peaks import node_peaks
 from runner.sandbox import ResourceLimits, SandboxPolicy
@@ -75,41 +75,29 @@ def grade(
         models=load_models(),
         burst_duration_s=options.burst_duration_s,
     )
-    (workdir / "logs").mkdir(exist_ok=True)
-    limits = dataclasses.replace(
-        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=16 << 20),
-        cpu_seconds=600,
-        file_size_bytes=16 << 20,
-    )
-    entry = Entry(
-        label=f"your {PLAN_FUNCTION}()", file=solution_path, function=PLAN_FUNCTION, adapter=ADAPTER
-    )
-    with ServedFunction(
-        entry=entry,
-        policy=sandbox,
-        jobdir=solution_path.parent,
-        log_path=workdir / "logs" / "candidate.log",
-        limits=limits,
-        device="cpu",
+    children = GradingChildren(
+        spec=spec,
+        device_class=device_class,
+        solution_path=solution_path,
+        workdir=workdir,
+        sandbox=sandbox,
         locate=locate,
-    ) as child:
+        limits=grading_limits(limits, cpu_seconds=600, file_size_bytes=16 << 20),
+        device="cpu",  # a plan is arithmetic: the learner's code never needs the GPU
+    )
+    with children:
+        child = children.learner(adapter=ADAPTER)
         run = _Run(spec=spec, device_class=device_class, options=options, child=child)
         run.metrics["catalogue"] = catalogue_note
-        try:
-            child.wait_ready(timeout_s=options.load_timeout_s)
+
+        def steps() -> GradeResult:
             streams = traffic_seed.spawn(len(workloads))
             for workload, stream in zip(workloads, streams, strict=True):
                 run.grade_scenario(workload, catalogue, stream, seed)
             run.check_dashboard(np.random.default_rng(dashboard_seed), catalogue)
-        except (HarnessFailure, GraderBroken) as exc:
-            return failure_from(
-                exc,
-                spec=spec,
-                device_class=device_class,
-                metrics=run.metrics,
-                log_tail=child.log_tail(),
-            )
-        return run.finish()
+            return run.finish()
+
+        return children.result_of(steps, metrics=run.metrics, timeout_s=options.load_timeout_s)
 
 
 def grading_catalogue(device_class: str) -> tuple[Catalogue, dict[str, Any]]:

@@ -15,7 +15,6 @@ is started and nothing is timed: a kernel run by Triton's interpreter says nothi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from runner.gpu import gpu_indices, nvml_index_of_minor
 from runner.graders.base import (
     GraderBroken,
     GradeResult,
     evaluate_criteria,
-    failure_from,
     trusted,
     verdict,
 )
+from runner.graders.children import GradingChildren, grading_limits
 from runner.graders.kernels_lab import (
     BASELINE,
     CPU_CASES,
@@ -46,8 +44,7 @@ from runner.graders.kernels_lab import (
     triton_environment,
 )
 from runner.graders.kernels_timing import time_on_device
-from runner.harness.bench import BenchRejected
-from runner.harness.client import Entry, HarnessFailure, ServedFunction
+from runner.harness.client import ServedFunction
 from runner.harness.correctness import Tally, compare_output
 from runner.labspec import LabSpec
 from runner.sandbox import ResourceLimits, SandboxPolicy
@@ -73,79 +70,47 @@ def grade(
     correctness_rng, timing_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(int(seed, 16)).spawn(2)
     )
-    device = "cuda" if device_class == "gpu" else "cpu"
     cases = GPU_CASES if device_class == "gpu" else CPU_CASES
     timed = any(_threshold(spec, m, device_class) is not None for m in TIMED_METRICS)
-    (workdir / "baseline").mkdir(exist_ok=True)
-    (workdir / "logs").mkdir(exist_ok=True)
-    # Memory, processes and tmpfs size as the pipeline decided; CPU time is ours to set.
-    limits = dataclasses.replace(
-        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=16 << 20),
-        cpu_seconds=600,
-        file_size_bytes=16 << 20,
-    )
-
-    def served(entry: Entry, jobdir: Path, log: str, **extra: Any) -> ServedFunction:
-        env = triton_environment(
-            device=device,
+    children = GradingChildren(
+        spec=spec,
+        device_class=device_class,
+        solution_path=solution_path,
+        workdir=workdir,
+        sandbox=sandbox,
+        locate=locate,
+        limits=grading_limits(limits, cpu_seconds=600, file_size_bytes=16 << 20),
+        # Triton's cache lives in each child's own job folder, as the sandbox sees it.
+        env_for=lambda jobdir: triton_environment(
+            device="cuda" if device_class == "gpu" else "cpu",
             interpret_on_cpu=options.triton_interpret_on_cpu,
             home=sandbox.job_path(jobdir),
-        )
-        return ServedFunction(
-            entry=entry,
-            policy=sandbox,
-            jobdir=jobdir,
-            log_path=workdir / "logs" / log,
-            limits=limits,
-            device=device,
-            env=env,
-            **extra,
-        )
-
-    with contextlib.ExitStack() as stack:
-        candidate = stack.enter_context(
-            served(
-                Entry(label=f"your {spec.solution}()", file=solution_path, function=spec.solution),
-                solution_path.parent,
-                "candidate.log",
-                locate=locate,
-            )
-        )
+        ),
+    )
+    with children:
+        candidate = children.learner()
         baseline = None
         if timed:
-            baseline = stack.enter_context(
-                served(
-                    Entry(label="the naive baseline", trusted=BASELINE),
-                    workdir / "baseline",
-                    "baseline.log",
-                )
-            )
+            baseline = children.grader_side("baseline", BASELINE, label="the naive baseline")
         run = _Run(
             spec=spec,
             device_class=device_class,
             options=options,
             candidate=candidate,
-            gpu_index=nvml_index_of_minor((gpu_indices(sandbox.gpu_devices) or (0,))[0]),
+            gpu_index=children.gpu_index,
         )
-        try:
-            candidate.wait_ready(timeout_s=options.load_timeout_s)
+
+        def steps() -> GradeResult:
             tally = run.check_correctness(correctness_rng, cases)
             timing = None
             if baseline is not None:
-                trusted(baseline.wait_ready, timeout_s=options.load_timeout_s)
                 # The baseline answers the same cases: a check on the grader itself.
                 trusted(run.check_baseline, baseline, cases)
                 if tally.mismatched == 0:
                     timing = run.measure_speed(baseline, timing_rng, tally)
-        except (BenchRejected, HarnessFailure, GraderBroken) as exc:
-            return failure_from(
-                exc,
-                spec=spec,
-                device_class=device_class,
-                metrics=run.metrics,
-                log_tail=candidate.log_tail(),
-            )
-        return run.finish(tally, timing)
+            return run.finish(tally, timing)
+
+        return children.result_of(steps, metrics=run.metrics, timeout_s=options.load_timeout_s)
 
 
 def _threshold(spec: LabSpec, metric: str, device_class: str) -> float | None:

@@ -16,7 +16,6 @@ reserve and the workspace on GPU nodes only (a CPU has neither).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +27,10 @@ from runner.graders.base import (
     GraderBroken,
     GradeResult,
     evaluate_criteria,
-    failure_from,
     trusted,
     verdict,
 )
+from runner.graders.children import GradingChildren, grading_limits
 from runner.graders.profiling_lab import (
     SOLUTION_ADAPTER,
     TRACE_CONTENT_TYPE,
@@ -44,7 +43,7 @@ from runner.graders.profiling_lab import (
 from runner.graders.profiling_model import ModelConfig
 from runner.graders.profiling_scoring import Answer, Truth, check_trace, read_answer, score
 from runner.graders.softmax_lab import timing_cpus
-from runner.harness.client import Entry, HarnessFailure, ServedFunction
+from runner.harness.client import ServedFunction
 from runner.labspec import LabSpec
 from runner.sandbox import ResourceLimits, SandboxPolicy
 
@@ -70,56 +69,33 @@ def grade(
     options = Options.from_spec(spec, device_class)
     config = draw_config(np.random.default_rng(np.random.SeedSequence(int(seed, 16))), device_class)
     device = "cuda" if device_class == "gpu" else "cpu"
-    (workdir / "truth").mkdir(exist_ok=True)
-    (workdir / "logs").mkdir(exist_ok=True)
-    # A trace of a few forwards is a few MB; the adapter refuses one over the lab's cap, so
-    # the file-size limit only has to let that much be written.
-    limits = dataclasses.replace(
-        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=1),
-        cpu_seconds=600,
-        file_size_bytes=2 * options.trace_max_bytes,
-        cpus=timing_cpus(options.threads) if device == "cpu" else None,
+    children = GradingChildren(
+        spec=spec,
+        device_class=device_class,
+        solution_path=solution_path,
+        workdir=workdir,
+        sandbox=sandbox,
+        locate=locate,
+        # A trace of a few forwards is a few MB; the adapter refuses one over the lab's cap, so
+        # the file-size limit only has to let that much be written.
+        limits=grading_limits(
+            limits,
+            cpu_seconds=600,
+            file_size_bytes=2 * options.trace_max_bytes,
+            cpus=timing_cpus(options.threads) if device == "cpu" else None,
+        ),
+        threads=options.threads,
+        env=MALLOC_ENV,
+        max_payload_bytes=2 * options.trace_max_bytes,
     )
-
-    def served(entry: Entry, jobdir: Path, log: str, **extra: Any) -> ServedFunction:
-        return ServedFunction(
-            entry=entry,
-            policy=sandbox,
-            jobdir=jobdir,
-            log_path=workdir / "logs" / log,
-            limits=limits,
-            device=device,
-            threads=options.threads,
-            env=MALLOC_ENV,
-            max_payload_bytes=2 * options.trace_max_bytes,
-            **extra,
-        )
-
-    with contextlib.ExitStack() as stack:
-        candidate = stack.enter_context(
-            served(
-                Entry(
-                    label=f"your {spec.solution}()",
-                    file=solution_path,
-                    function=spec.solution,
-                    adapter=SOLUTION_ADAPTER,
-                ),
-                solution_path.parent,
-                "candidate.log",
-                locate=locate,
-            )
-        )
-        truth_child = stack.enter_context(
-            served(
-                Entry(label="the grader's measurement", trusted=TRUTH, adapter=TRUTH_ADAPTER),
-                workdir / "truth",
-                "truth.log",
-            )
+    with children:
+        candidate = children.learner(adapter=SOLUTION_ADAPTER)
+        truth_child = children.grader_side(
+            "truth", TRUTH, label="the grader's measurement", adapter=TRUTH_ADAPTER
         )
         run = _Run(spec=spec, device_class=device_class, options=options, config=config)
-        try:
-            candidate.wait_ready(timeout_s=options.load_timeout_s)
-            trusted(truth_child.wait_ready, timeout_s=options.load_timeout_s)
+
+        def steps() -> GradeResult:
             truth = trusted(run.measure_truth, truth_child)
             call = candidate.call_json(
                 {
@@ -131,15 +107,9 @@ def grade(
                 timeout_s=options.call_timeout_s,
                 doing="profiling the model",
             )
-        except (HarnessFailure, GraderBroken) as exc:
-            return failure_from(
-                exc,
-                spec=spec,
-                device_class=device_class,
-                metrics=run.metrics,
-                log_tail=candidate.log_tail(),
-            )
-        return run.finish(call, truth, log_tail=candidate.log_tail())
+            return run.finish(call, truth, log_tail=candidate.log_tail())
+
+        return children.result_of(steps, metrics=run.metrics, timeout_s=options.load_timeout_s)
 
 
 class _Run:

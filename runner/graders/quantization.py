@@ -18,8 +18,6 @@ shape on GPU nodes (every report says which).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,11 @@ from runner.graders.base import (
     GraderBroken,
     GradeResult,
     evaluate_criteria,
-    failure_from,
     trusted,
     verdict,
 )
 from runner.graders.charts import bars_svg
+from runner.graders.children import GradingChildren, grading_limits
 from runner.graders.quantization_lab import (
     ADAPTER,
     GRADER_QUANTIZER,
@@ -48,7 +46,7 @@ from runner.graders.quantization_lab import (
 from runner.graders.quantization_scoring import counted_bytes, quality
 from runner.graders.reporting import svg_plot
 from runner.graders.softmax_lab import timing_cpus
-from runner.harness.client import Entry, HarnessFailure, ServedFunction
+from runner.harness.client import HarnessFailure, ServedFunction
 from runner.labspec import LabSpec
 from runner.sandbox import ResourceLimits, SandboxPolicy
 
@@ -70,70 +68,39 @@ def grade(
     limits: ResourceLimits | None = None,
 ) -> GradeResult:
     options = Options.from_spec(spec, device_class)
-    device = "cuda" if device_class == "gpu" else "cpu"
     windows = draw_windows(seed, options)
-    (workdir / "clean").mkdir(exist_ok=True)
-    (workdir / "logs").mkdir(exist_ok=True)
-    limits = dataclasses.replace(
-        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=1),
-        cpu_seconds=900,
-        file_size_bytes=16 << 20,
-        cpus=timing_cpus(options.threads) if device == "cpu" else None,
+    children = GradingChildren(
+        spec=spec,
+        device_class=device_class,
+        solution_path=solution_path,
+        workdir=workdir,
+        sandbox=sandbox,
+        locate=locate,
+        limits=grading_limits(
+            limits,
+            cpu_seconds=900,
+            file_size_bytes=16 << 20,
+            cpus=timing_cpus(options.threads) if device_class == "cpu" else None,
+        ),
+        threads=options.threads,
+        max_payload_bytes=2 * CHUNK_WINDOWS * options.eval_tokens * 4 * 200_000,  # vocab <= 200k
     )
-    payload = 2 * CHUNK_WINDOWS * options.eval_tokens * 4 * 200_000  # vocab up to 200k
-
-    def served(entry: Entry, jobdir: Path, log: str, **extra: Any) -> ServedFunction:
-        return ServedFunction(
-            entry=entry,
-            policy=sandbox,
-            jobdir=jobdir,
-            log_path=workdir / "logs" / log,
-            limits=limits,
-            device=device,
-            threads=options.threads,
-            max_payload_bytes=payload,
-            **extra,
-        )
-
-    with contextlib.ExitStack() as stack:
-        candidate = stack.enter_context(
-            served(
-                Entry(
-                    label=f"your {spec.solution}()",
-                    file=solution_path,
-                    function=spec.solution,
-                    adapter=ADAPTER,
-                ),
-                solution_path.parent,
-                "candidate.log",
-                locate=locate,
-            )
-        )
-        clean = stack.enter_context(
-            served(
-                Entry(label="the grader's baseline", trusted=GRADER_QUANTIZER, adapter=ADAPTER),
-                workdir / "clean",
-                "clean.log",
-            )
+    with children:
+        candidate = children.learner(adapter=ADAPTER)
+        clean = children.grader_side(
+            "clean", GRADER_QUANTIZER, label="the grader's baseline", adapter=ADAPTER
         )
         run = _Run(spec=spec, device_class=device_class, options=options, windows=windows)
-        try:
-            candidate.wait_ready(timeout_s=options.load_timeout_s)
-            trusted(clean.wait_ready, timeout_s=options.load_timeout_s)
+
+        def steps() -> GradeResult:
             trusted(run.measure_baseline, clean)
             run.measure_candidate(candidate)
             if device_class == "gpu" and options.speed_model != "trained":
                 trusted(run.measure_large_speed, clean, baseline=True)
                 run.measure_large_speed(candidate, baseline=False)
-        except (HarnessFailure, GraderBroken) as exc:
-            return failure_from(
-                exc,
-                spec=spec,
-                device_class=device_class,
-                metrics=run.metrics,
-                log_tail=candidate.log_tail(),
-            )
-        return run.finish(log_tail=candidate.log_tail())
+            return run.finish(log_tail=candidate.log_tail())
+
+        return children.result_of(steps, metrics=run.metrics, timeout_s=options.load_timeout_s)
 
 
 class _Run:

@@ -18,7 +18,6 @@ first token of a Poisson stream of requests at the graded rate, against the SLO.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import statistics
@@ -31,10 +30,10 @@ from runner.graders.base import (
     GraderBroken,
     GradeResult,
     evaluate_criteria,
-    failure_from,
     trusted,
     verdict,
 )
+from runner.graders.children import GradingChildren, grading_limits
 from runner.graders.reporting import svg_plot
 from runner.graders.serving_lab import (
     ADAPTER,
@@ -48,7 +47,7 @@ from runner.graders.serving_lab import (
 )
 from runner.graders.serving_vllm import compare_with_vllm
 from runner.graders.softmax_lab import timing_cpus
-from runner.harness.client import Entry, HarnessFailure, ServedFunction
+from runner.harness.client import HarnessFailure, ServedFunction
 from runner.labspec import LabSpec
 from runner.llm import model_name
 from runner.sandbox import ResourceLimits, SandboxPolicy
@@ -73,15 +72,6 @@ def grade(
     burst = draw_workload(seed, options, count=options.num_requests, salt=1)
     stream = draw_workload(seed, options, count=options.slo_requests, salt=2)
     warmup = draw_workload(seed, options, count=options.warmup_requests, salt=3)
-    (workdir / "clean").mkdir(exist_ok=True)
-    (workdir / "logs").mkdir(exist_ok=True)
-    limits = dataclasses.replace(
-        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=1),
-        cpu_seconds=1200,
-        file_size_bytes=16 << 20,
-        # The engine thread, the server thread and torch's threads share these CPUs.
-        cpus=timing_cpus(options.threads) if device == "cpu" else None,
-    )
     run = _Run(spec=spec, device_class=device_class, options=options, device=device)
     with contextlib.ExitStack() as stack:
         sockets = stack.enter_context(_socket_folder())
@@ -89,46 +79,39 @@ def grade(
         baseline_sock, baseline_url = _listening_socket(sockets, "baseline.sock")
         stack.callback(candidate_sock.close)
         stack.callback(baseline_sock.close)
-
-        def served(entry: Entry, jobdir: Path, log: str, sock: socket.socket, **extra: Any):
-            return ServedFunction(
-                entry=entry,
-                policy=sandbox,
-                jobdir=jobdir,
-                log_path=workdir / "logs" / log,
-                limits=limits,
-                device=device,
+        children = stack.enter_context(
+            GradingChildren(
+                spec=spec,
+                device_class=device_class,
+                solution_path=solution_path,
+                workdir=workdir,
+                sandbox=sandbox,
+                locate=locate,
+                limits=grading_limits(
+                    limits,
+                    cpu_seconds=1200,
+                    file_size_bytes=16 << 20,
+                    # The engine thread, the server thread and torch's threads share these.
+                    cpus=timing_cpus(options.threads) if device == "cpu" else None,
+                ),
                 threads=options.threads,
                 max_payload_bytes=64 << 20,
-                pass_fds=(sock.fileno(),),
-                **extra,
             )
+        )
+        candidate = children.learner(
+            adapter=ADAPTER,
+            label=f"your {spec.solution}",
+            pass_fds=(candidate_sock.fileno(),),
+        )
+        clean = children.grader_side(
+            "clean",
+            BASELINE,
+            label="the static-batching baseline",
+            adapter=ADAPTER,
+            pass_fds=(baseline_sock.fileno(),),
+        )
 
-        candidate = stack.enter_context(
-            served(
-                Entry(
-                    label=f"your {spec.solution}",
-                    file=solution_path,
-                    function=spec.solution,
-                    adapter=ADAPTER,
-                ),
-                solution_path.parent,
-                "candidate.log",
-                candidate_sock,
-                locate=locate,
-            )
-        )
-        clean = stack.enter_context(
-            served(
-                Entry(label="the static-batching baseline", trusted=BASELINE, adapter=ADAPTER),
-                workdir / "clean",
-                "clean.log",
-                baseline_sock,
-            )
-        )
-        try:
-            candidate.wait_ready(timeout_s=options.load_timeout_s)
-            trusted(clean.wait_ready, timeout_s=options.load_timeout_s)
+        def steps() -> GradeResult:
             trusted(run.start, clean, baseline_sock, side="baseline")
             run.start(candidate, candidate_sock, side="candidate")
             trusted(run.reference, clean, burst)
@@ -136,16 +119,10 @@ def grade(
             run.throughput(baseline_url, candidate_url, burst)
             run.slo(baseline_url, candidate_url, stream)
             run.vllm(burst, logs=workdir / "logs")
-        except (HarnessFailure, GraderBroken) as exc:
-            return failure_from(
-                exc,
-                spec=spec,
-                device_class=device_class,
-                metrics=run.metrics,
-                log_tail=candidate.log_tail(),
-            )
-        run.status(candidate)
-        return run.finish(log_tail=candidate.log_tail())
+            run.status(candidate)
+            return run.finish(log_tail=candidate.log_tail())
+
+        return children.result_of(steps, metrics=run.metrics, timeout_s=options.load_timeout_s)
 
 
 @contextlib.contextmanager

@@ -10,23 +10,20 @@ happens here, and every clock that decides the grade is read here or checked fro
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner.gpu import gpu_indices, nvml_index_of_minor
 from runner.graders.base import (
     GraderBroken,
     GradeResult,
     evaluate_criteria,
-    failure_from,
     trusted,
     verdict,
 )
+from runner.graders.children import GradingChildren, grading_limits
 from runner.graders.reporting import undecided
 from runner.graders.softmax_lab import (
     BASELINE,
@@ -41,8 +38,7 @@ from runner.graders.softmax_lab import (
     timing_cpus,
 )
 from runner.graders.softmax_timing import time_on_device, time_round_trip
-from runner.harness.bench import BenchRejected
-from runner.harness.client import Entry, HarnessFailure, ServedFunction
+from runner.harness.client import ServedFunction
 from runner.harness.correctness import Tally, compare_output
 from runner.labspec import LabSpec
 from runner.sandbox import ResourceLimits, SandboxPolicy
@@ -66,57 +62,34 @@ def grade(
     correctness_rng, timing_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(int(seed, 16)).spawn(2)
     )
-    device = "cuda" if device_class == "gpu" else "cpu"
     cases = GPU_CASES if device_class == "gpu" else CPU_CASES
-    (workdir / "baseline").mkdir(exist_ok=True)
-    (workdir / "logs").mkdir(exist_ok=True)
-    # Memory, processes and tmpfs size as the pipeline decided (lab.toml, or less if the job
-    # asked); CPU time and CPUs are the grader's business.
-    limits = dataclasses.replace(
-        limits or ResourceLimits(cpu_seconds=600, file_size_bytes=16 << 20),
-        cpu_seconds=600,
-        file_size_bytes=16 << 20,
-        cpus=timing_cpus(options.threads),
-    )
-    common = {
-        "policy": sandbox,
-        "limits": limits,
-        "device": device,
-        "threads": options.threads,
+    children = GradingChildren(
+        spec=spec,
+        device_class=device_class,
+        solution_path=solution_path,
+        workdir=workdir,
+        sandbox=sandbox,
+        locate=locate,
+        limits=grading_limits(
+            limits, cpu_seconds=600, file_size_bytes=16 << 20, cpus=timing_cpus(options.threads)
+        ),
+        threads=options.threads,
         # A fixed mmap threshold: otherwise glibc adapts it to each process's own history of
         # frees, and two processes running the same code can differ by 10% in page faults.
-        "env": {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
-    }
-    with contextlib.ExitStack() as stack:
-        candidate = stack.enter_context(
-            ServedFunction(
-                entry=Entry(
-                    label=f"your {spec.solution}()", file=solution_path, function=spec.solution
-                ),
-                jobdir=solution_path.parent,
-                log_path=workdir / "logs" / "candidate.log",
-                locate=locate,
-                **common,
-            )
-        )
-        baseline = stack.enter_context(
-            ServedFunction(
-                entry=Entry(label="the naive baseline", trusted=BASELINE),
-                jobdir=workdir / "baseline",
-                log_path=workdir / "logs" / "baseline.log",
-                **common,
-            )
-        )
+        env={"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+    )
+    with children:
+        candidate = children.learner()
+        baseline = children.grader_side("baseline", BASELINE, label="the naive baseline")
         run = _Run(
             spec=spec,
             device_class=device_class,
             options=options,
             candidate=candidate,
-            gpu_index=nvml_index_of_minor((gpu_indices(sandbox.gpu_devices) or (0,))[0]),
+            gpu_index=children.gpu_index,
         )
-        try:
-            candidate.wait_ready(timeout_s=options.load_timeout_s)
-            trusted(baseline.wait_ready, timeout_s=options.load_timeout_s)
+
+        def steps() -> GradeResult:
             tally = run.check_correctness(correctness_rng, cases)
             # The baseline answers the same cases: a check on the grader itself, and it gives
             # both processes the same history before they are timed.
@@ -124,15 +97,9 @@ def grade(
             timing = None
             if tally.mismatched == 0:
                 timing = run.measure_speed(baseline, timing_rng, tally)
-        except (BenchRejected, HarnessFailure, GraderBroken) as exc:
-            return failure_from(
-                exc,
-                spec=spec,
-                device_class=device_class,
-                metrics=run.metrics,
-                log_tail=candidate.log_tail(),
-            )
-        return run.finish(tally, timing)
+            return run.finish(tally, timing)
+
+        return children.result_of(steps, metrics=run.metrics, timeout_s=options.load_timeout_s)
 
 
 class _Run:
