@@ -303,6 +303,7 @@ class _Run:
                     "prompt": self.options.decode_prompt,
                     "new_tokens": self.options.decode_tokens,
                     "reps": self.options.decode_reps,
+                    "graphs": self.options.decode_graphs and self.device_class == "gpu",
                 },
                 timeout_s=self.options.call_timeout_s,
                 doing=f"decoding at batch {batch}",
@@ -318,12 +319,22 @@ class _Run:
         if not base or not mine:
             return
         for batch, numbers in mine.items():
-            theirs = base.get(batch, {}).get("decode_tokens_per_s")
-            ours = numbers.get("decode_tokens_per_s")
-            if theirs and ours:
-                numbers["decode_speedup"] = round(ours / theirs, 3)
-        first = str(self.options.decode_batches[0])
-        self.measured[f"{method}_decode_speedup_b1"] = mine.get(first, {}).get("decode_speedup")
+            for kind in ("decode", "graphed_decode"):
+                theirs = base.get(batch, {}).get(f"{kind}_tokens_per_s")
+                ours = numbers.get(f"{kind}_tokens_per_s")
+                if theirs and ours:
+                    numbers[f"{kind}_speedup"] = round(ours / theirs, 3)
+        first = mine.get(str(self.options.decode_batches[0]), {})
+        graded = "graphed_decode_speedup" if self._graphs_graded() else "decode_speedup"
+        self.measured[f"{method}_decode_speedup_b1"] = first.get(graded)
+        if graded not in first and first.get("graph_problem"):
+            self.notes[f"{METRIC_PREFIX[method]}_speed"] = (
+                "its decode step could not be timed from a CUDA graph: " + first["graph_problem"]
+            )
+
+    def _graphs_graded(self) -> bool:
+        """Whether the speed criteria compare graphed decode (GPU nodes, `decode_graphs`)."""
+        return self.options.decode_graphs and self.device_class == "gpu"
 
     # -- the verdict ------------------------------------------------------------------------
 
@@ -417,6 +428,8 @@ class _Run:
             if metric.startswith(f"{prefix}_"):
                 if method in self.problems:
                     return self.problems[method] + "."
+                if "speedup" in metric and f"{prefix}_speed" in self.notes:
+                    return self.notes[f"{prefix}_speed"] + "."
                 if f"{prefix}_quality" in self.notes:
                     return self.notes[f"{prefix}_quality"] + "."
         if "speedup" in metric:

@@ -152,14 +152,17 @@ def _log_probs(request: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray
 def _decode(request: dict[str, Any]) -> dict[str, Any]:
     model = _loaded()
     _WATCH["on"] = True
+    shape = {
+        "batch": int(request["batch"]),
+        "prompt": int(request["prompt"]),
+        "new_tokens": int(request["new_tokens"]),
+        "reps": int(request["reps"]),
+        "vocab": int(_STATE["vocab"]),
+    }
     try:
-        return measure.decode_speed(
-            model,
-            batch=int(request["batch"]),
-            prompt=int(request["prompt"]),
-            new_tokens=int(request["new_tokens"]),
-            reps=int(request["reps"]),
-            vocab=int(_STATE["vocab"]),
-        )
+        speed = measure.decode_speed(model, **shape)
+        if request.get("graphs"):
+            speed.update(measure.graphed_decode_speed(model, **shape))
+        return speed
     finally:
         _WATCH["on"] = False

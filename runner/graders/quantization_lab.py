@@ -38,6 +38,9 @@ class Options:
     decode_tokens: int
     decode_reps: int
     speed_model: str  # "trained", or a shape of runner.llm.architecture.LARGE_SHAPES
+    # Also decode with each step replayed from a CUDA graph (GPU only); the speed criteria
+    # then compare graphed tokens/s (runner.graders.quantization_measure.graphed_decode_speed).
+    decode_graphs: bool
     load_timeout_s: float
     call_timeout_s: float
     threads: int
@@ -59,6 +62,7 @@ class Options:
             decode_tokens=int(scale.get("decode_tokens", 16)),
             decode_reps=int(scale.get("decode_reps", 3)),
             speed_model=str(scale.get("speed_model", "trained")),
+            decode_graphs=bool(scale.get("decode_graphs", False)),
             load_timeout_s=float(options.get("load_timeout_s", 120)),
             call_timeout_s=float(scale.get("call_timeout_s", 120)),
             threads=int(scale.get("threads", 0)),

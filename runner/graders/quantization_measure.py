@@ -107,6 +107,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    for buffer in model.buffers():
+        return buffer.device
+    return device
+
+
+def _prompt_ids(batch: int, prompt: int, vocab: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(batch * 7919 + prompt)
+    return torch.randint(0, vocab, (batch, prompt), generator=generator).to(device)
+
+
 @torch.no_grad()
 def decode_speed(
     model: nn.Module, *, batch: int, prompt: int, new_tokens: int, reps: int, vocab: int
@@ -114,12 +126,8 @@ def decode_speed(
     """Greedy generation with the KV cache, timed by phase (device synchronised at each
     boundary): the prefill of `prompt` tokens, then `new_tokens` single-token steps. Medians
     over `reps` runs after one warm-up run."""
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    for buffer in model.buffers():
-        device = buffer.device
-        break
-    generator = torch.Generator().manual_seed(batch * 7919 + prompt)
-    ids = torch.randint(0, vocab, (batch, prompt), generator=generator).to(device)
+    device = _model_device(model)
+    ids = _prompt_ids(batch, prompt, vocab, device)
     prefills, decodes = [], []
     for rep in range(reps + 1):
         _sync(device)
@@ -146,4 +154,154 @@ def decode_speed(
         "reps": reps,
         "prefill_ms": round(statistics.median(prefills) * 1e3, 3),
         "decode_tokens_per_s": round(batch * new_tokens / decode_s, 2) if decode_s > 0 else None,
+    }
+
+
+# The graphed decode's tokens must agree with the same model's eager decode on at least this
+# share of (step, sequence) pairs. Eager and replayed steps run the same kernels, so they agree
+# exactly but for the rare near-tie that a non-deterministic reduction flips; a model that
+# does something else while it is being captured agrees on almost nothing.
+GRAPH_AGREEMENT = 0.9
+
+
+@torch.no_grad()
+def graphed_decode_speed(
+    model: nn.Module, *, batch: int, prompt: int, new_tokens: int, reps: int, vocab: int
+) -> dict[str, Any]:
+    """Decode tokens/s with one decode step captured in a CUDA graph and replayed for every
+    token, from a static KV cache (CUDA only).
+
+    Why: eager decode at batch 1 is launch-bound. The host's Python issues hundreds of small
+    kernels per token and the GPU waits for it, so eager tokens/s measures the host, and on a
+    busy node the other jobs on it, more than the model's bytes. A replayed graph launches the
+    whole step at once, so its time is the GPU's.
+
+    The graphed tokens are checked against the same model's eager decode on the same cache:
+    a model that does something else while it is being captured gets no speed. A model whose
+    step cannot be captured (it reads a value back to the host, or changes Python state each
+    step) gets none either; `graph_problem` says why."""
+    device = _model_device(model)
+    if device.type != "cuda":
+        return {"graph_problem": "CUDA graphs need a CUDA device"}
+    try:
+        return _graphed(
+            model,
+            batch=batch,
+            prompt=prompt,
+            new_tokens=new_tokens,
+            reps=reps,
+            ids=_prompt_ids(batch, prompt, vocab, device),
+            device=device,
+        )
+    except Exception as exc:  # noqa: BLE001 - the learner's model, captured: anything can fail
+        _recover_from_failed_capture(device)
+        return {"graph_problem": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    finally:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _recover_from_failed_capture(device: torch.device) -> None:
+    """A capture that failed (a read-back to the host, say) leaves torch's default CUDA
+    generator marked as capturing, and every later random op on the device then fails
+    ("Offset increment outside graph capture"): the next method's random weights would not
+    load. A capture that succeeds clears the mark, so capture a trivial one."""
+    try:
+        scratch = torch.zeros(1, device=device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            scratch.add_(1)
+        del graph
+    except Exception:  # noqa: BLE001, S110 - best effort; the caller reports the first failure
+        pass
+
+
+def _static_cache(model: nn.Module, *, batch: int, length: int, device: torch.device) -> Any:
+    from transformers import StaticCache
+
+    try:  # transformers 4.56 and later: sized on first use
+        return StaticCache(config=model.config, max_cache_len=length)
+    except TypeError:  # earlier: sized up front
+        dtype = next(model.parameters()).dtype
+        return StaticCache(
+            config=model.config,
+            max_batch_size=batch,
+            max_cache_len=length,
+            device=device,
+            dtype=dtype,
+        )
+
+
+def _graphed(
+    model: nn.Module,
+    *,
+    batch: int,
+    prompt: int,
+    new_tokens: int,
+    reps: int,
+    ids: torch.Tensor,
+    device: torch.device,
+) -> dict[str, Any]:
+    cache = _static_cache(model, batch=batch, length=prompt + new_tokens + 1, device=device)
+    token = torch.zeros((batch, 1), dtype=torch.long, device=device)
+
+    def prefill() -> None:
+        # In place, so the graph's pointers into the cache and `token` stay valid.
+        cache.reset()
+        out = model(ids, past_key_values=cache, use_cache=True)
+        token.copy_(out.logits[:, -1].argmax(-1, keepdim=True))
+
+    def step() -> None:
+        logits = model(token, past_key_values=cache, use_cache=True).logits
+        token.copy_(logits[:, -1].argmax(-1, keepdim=True))
+
+    # The eager decode on a side stream: the reference tokens, and the warm-up that capture
+    # needs (cuBLAS workspaces, lazily built buffers) done outside the capture.
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        prefill()
+        inputs, eager = [], []
+        for _ in range(new_tokens):
+            inputs.append(token.clone())
+            step()
+            eager.append(token.clone())
+    torch.cuda.current_stream(device).wait_stream(side)
+
+    prefill()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    # The check, untimed: each replayed step is fed the eager decode's input for that step
+    # (teacher forcing), so one near-tie flipped by rounding costs one token, not the rest
+    # of its sequence.
+    prefill()
+    replayed = []
+    for given in inputs:
+        token.copy_(given)
+        graph.replay()
+        replayed.append(token.clone())
+    decodes = []
+    for _ in range(reps):
+        prefill()
+        _sync(device)
+        start = _perf_counter()
+        for _ in range(new_tokens):
+            graph.replay()
+        _sync(device)
+        decodes.append(_perf_counter() - start)
+    agreement = float((torch.cat(replayed, dim=1) == torch.cat(eager, dim=1)).float().mean().item())
+    del graph
+    if agreement < GRAPH_AGREEMENT:
+        return {
+            "graph_problem": (
+                f"the graphed decode's tokens agree with the eager decode's on only "
+                f"{agreement:.0%} of steps: the model does something else while captured"
+            ),
+            "graph_token_agreement": round(agreement, 4),
+        }
+    decode_s = statistics.median(decodes)
+    return {
+        "graphed_decode_tokens_per_s": round(batch * new_tokens / decode_s, 2),
+        "graph_token_agreement": round(agreement, 4),
     }
