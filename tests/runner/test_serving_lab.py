@@ -180,7 +180,11 @@ def test_a_block_or_scheduling_bug_fails_with_the_engines_rule(graded_solution, 
 def test_static_like_scheduling_has_correct_tokens_but_fails_the_latency_slo(graded_solution):
     result = graded_solution(FIXTURES / "static_like.ipynb")
     assert result.status == "failed", result.message
-    assert {c.name for c in result.criteria if not c.passed} == {"p99_ttft"}
+    failed = {c.name for c in result.criteria if not c.passed}
+    assert "p99_ttft" in failed
+    # Paged memory alone fits more sequences, so its throughput gain is real but near the
+    # CPU bar: 1.33-1.87x over runs on the 2-core CI machine. Only the SLO must fail.
+    assert failed <= {"p99_ttft", "throughput_gain"}
     assert criterion_of(result, "correct_tokens").measured == 1.0
 
 
