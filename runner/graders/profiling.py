@@ -42,7 +42,7 @@ from runner.graders.profiling_lab import (
 )
 from runner.graders.profiling_model import ModelConfig
 from runner.graders.profiling_scoring import Answer, Truth, check_trace, read_answer, score
-from runner.graders.softmax_lab import timing_cpus
+from runner.graders.softmax_lab import MALLOC_ENV, timing_cpus
 from runner.harness.client import ServedFunction
 from runner.labspec import LabSpec
 from runner.sandbox import ResourceLimits, SandboxPolicy
@@ -50,9 +50,6 @@ from runner.sandbox import ResourceLimits, SandboxPolicy
 # The planted module must beat every other leaf by this factor in the grader's own
 # measurement, or the node was too busy to grade fairly (measured twice before giving up).
 MIN_MARGIN = 1.5
-# A glibc mmap threshold fixed for both children, as softmax does: otherwise each process
-# adapts it to its own history of frees and page faults land on different modules.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def grade(
@@ -85,6 +82,7 @@ def grade(
             cpus=timing_cpus(options.threads) if device == "cpu" else None,
         ),
         threads=options.threads,
+        # Both children alike, or page faults land on different modules (softmax_lab says why).
         env=MALLOC_ENV,
         max_payload_bytes=2 * options.trace_max_bytes,
     )

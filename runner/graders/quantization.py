@@ -303,7 +303,7 @@ class _Run:
                     "prompt": self.options.decode_prompt,
                     "new_tokens": self.options.decode_tokens,
                     "reps": self.options.decode_reps,
-                    "graphs": self.options.decode_graphs and self.device_class == "gpu",
+                    "graphs": self._graphs_graded(),
                 },
                 timeout_s=self.options.call_timeout_s,
                 doing=f"decoding at batch {batch}",

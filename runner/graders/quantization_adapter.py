@@ -151,7 +151,6 @@ def _log_probs(request: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray
 
 def _decode(request: dict[str, Any]) -> dict[str, Any]:
     model = _loaded()
-    _WATCH["on"] = True
     shape = {
         "batch": int(request["batch"]),
         "prompt": int(request["prompt"]),
@@ -159,6 +158,7 @@ def _decode(request: dict[str, Any]) -> dict[str, Any]:
         "reps": int(request["reps"]),
         "vocab": int(_STATE["vocab"]),
     }
+    _WATCH["on"] = True
     try:
         speed = measure.decode_speed(model, **shape)
         if request.get("graphs"):

@@ -30,6 +30,7 @@ from runner.graders.softmax_lab import (
     CPU_CASES,
     DTYPE,
     GPU_CASES,
+    MALLOC_ENV,
     REVIEW_SPEEDUP,
     Options,
     make_input,
@@ -74,9 +75,7 @@ def grade(
             limits, cpu_seconds=600, file_size_bytes=16 << 20, cpus=timing_cpus(options.threads)
         ),
         threads=options.threads,
-        # A fixed mmap threshold: otherwise glibc adapts it to each process's own history of
-        # frees, and two processes running the same code can differ by 10% in page faults.
-        env={"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+        env=MALLOC_ENV,
     )
     with children:
         candidate = children.learner()

@@ -122,6 +122,11 @@ class Options:
         )
 
 
+# A fixed mmap threshold for timed children: otherwise glibc adapts it to each process's own
+# history of frees, and two processes running the same code can differ by 10% in page faults.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
 def timing_cpus(threads: int) -> frozenset[int] | None:
     """Pin both timed children to the same CPUs, away from the worker's first CPU, so they
     are timed on identical cores; None when the machine is too small to spare them."""
